@@ -1,0 +1,218 @@
+"""The ``dbloss`` command: ``train``, ``evaluate``, ``demo``, ``report``, ``analyze``, ``data``, ``recipes``.
+
+Each sub-command is a small function taking the parsed arguments; the work lives in the
+library modules. ``python -m dbloss`` is the same command (what ``torchrun -m dbloss`` runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["main", "get_args_parser"]
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from dbloss.config import load_config
+    from dbloss.engine import format_metrics_table, train
+
+    overrides = list(args.overrides)
+    cfg = load_config(args.recipe, overrides)
+    if args.out:
+        cfg.out_dir = args.out
+    elif not any(o.startswith("out_dir=") for o in overrides) and cfg.out_dir == "runs/run":
+        cfg.out_dir = str(Path("runs") / Path(str(args.recipe)).with_suffix("").as_posix().replace("/", "_"))
+    resume: bool | str = False if args.resume is None else (True if args.resume == "" else args.resume)
+    res = train(cfg, resume=resume, progress=not args.no_progress)
+    if res is not None:
+        print(format_metrics_table([res]), end="")
+        print(f"results: {Path(cfg.out_dir) / 'metrics.json'}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from dbloss.engine import evaluate_checkpoint, format_metrics_table
+
+    res = evaluate_checkpoint(args.checkpoint, args.out, list(args.overrides), progress=not args.no_progress)
+    print(format_metrics_table([res]), end="")
+    print(f"results: {Path(args.out) / 'metrics.json'}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from dbloss.demo import run_demo
+
+    run_demo(args.out, recipes=args.recipes, epochs=args.epochs, progress=not args.no_progress)
+    return 0
+
+
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    from dbloss.config import list_recipes, recipe_dir
+
+    print(f"shipped recipes ({recipe_dir()}):")
+    for name in list_recipes():
+        print(f"  {name}")
+    return 0
+
+
+def _read_label_csv(path: str):
+    from dbloss.data.custom import read_csv
+
+    return read_csv(path, path_column=None, id_column="image_id")
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    if args.data_cmd == "stats":
+        table = _read_label_csv(args.labels)
+        stats = table.stats()
+        split = stats.split
+        print(f"{stats.num_samples} samples, {stats.num_classes} classes, "
+              f"{table.labels.sum(1).mean():.2f} labels per sample")
+        print("head/medium/tail: " + " / ".join(str(len(split[g])) for g in ("head", "medium", "tail")))
+        print(f"class counts: max {stats.class_freq.max()}, min {stats.class_freq.min()}")
+        if args.out:
+            stats.save(args.out)
+            print(f"wrote {args.out}")
+    elif args.data_cmd == "longtail":
+        from dbloss.data.longtail import make_longtail_subset
+
+        table = _read_label_csv(args.labels)
+        idx = make_longtail_subset(table.labels, max_count=args.max_count, seed=args.seed)
+        sub = table.subset(idx)
+        stats = sub.stats()
+        Path(args.out).write_text("".join(f"{i}\n" for i in sub.ids))
+        split = stats.split
+        print(f"{len(sub)} images; largest class {stats.class_freq.max()}, smallest {stats.class_freq.min()}; "
+              f"head/medium/tail {len(split['head'])}/{len(split['medium'])}/{len(split['tail'])}; ids -> {args.out}")
+    elif args.data_cmd == "fetch-subset":
+        from dbloss.data.published import fetch_published_subset, load_id_list
+
+        path = fetch_published_subset(args.name, args.dest, source=args.source)
+        print(f"{path}: {len(load_id_list(path))} ids (checksum verified)")
+    elif args.data_cmd == "make-demo":
+        from dbloss.data.demo import generate_demo_dataset
+
+        paths = generate_demo_dataset(args.out, seed=args.seed)
+        print(json.dumps({k: str(v) for k, v in vars(paths).items()}, indent=1))
+    else:  # pragma: no cover - argparse enforces the choices
+        raise ValueError(args.data_cmd)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from dbloss.report import write_report
+
+    paths = write_report(args.runs, args.out, baseline=args.baseline, compare=args.compare)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from dbloss import analysis
+
+    out = Path(args.out)
+    if args.what == "gradients":
+        res = analysis.run_gradient_analysis(out)
+    else:
+        if not args.labels:
+            raise ValueError(f"`dbloss analyze {args.what}` needs --labels CSV (image_id + one 0/1 column per class)")
+        table = _read_label_csv(args.labels)
+        if args.what == "resampling":
+            res = analysis.run_resampling_analysis(table.labels, table.class_names, out, seed=args.seed)
+        else:
+            res = analysis.run_weight_analysis(table.labels, table.class_names, out)
+    for k, v in res.items():
+        if isinstance(v, (str, Path)):
+            print(f"{k}: {v}")
+    return 0
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dbloss", description="Distribution-Balanced loss for long-tailed multi-label "
+                                "classification: train, evaluate, report.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train and evaluate a recipe")
+    t.add_argument("recipe", help="a recipe YAML file or a shipped recipe name (see `dbloss recipes`)")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=2 loss_args.mu=0.2")
+    t.add_argument("--out", help="run directory (default: runs/<recipe name>)")
+    t.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
+                   help="continue from RUN_DIR/checkpoint.pt (or the given checkpoint)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate a checkpoint (on its recipe's test set or overridden data)")
+    e.add_argument("checkpoint")
+    e.add_argument("overrides", nargs="*", help="key=value overrides of the saved configuration (e.g. data_root=...)")
+    e.add_argument("--out", required=True, help="where metrics.json / metrics.md go")
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(func=_cmd_evaluate)
+
+    d = sub.add_parser("demo", help="the main job: built-in demo data, ERM vs RS vs DB-Focal, table and figure")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--recipes", nargs="+", default=None, help="demo recipes to run (default: erm rs db_focal)")
+    d.add_argument("--epochs", type=int, default=None, help="override the demo recipes' epochs")
+    d.add_argument("--no-progress", action="store_true")
+    d.set_defaults(func=_cmd_demo)
+
+    r = sub.add_parser("report", help="gather finished runs into a Markdown + HTML report")
+    r.add_argument("runs", nargs="+", help="run directories (each with metrics.json)")
+    r.add_argument("--out", required=True)
+    r.add_argument("--baseline", help="run name the increment figure compares against (default: rs)")
+    r.add_argument("--compare", help="run name whose increment is shown (default: the db-focal run)")
+    r.set_defaults(func=_cmd_report)
+
+    a = sub.add_parser("analyze", help="the paper's analyses: loss gradients, re-sampling, re-balancing weights")
+    a.add_argument("what", choices=["gradients", "resampling", "weights"])
+    a.add_argument("--labels", help="label CSV (image_id + one 0/1 column per class)")
+    a.add_argument("--out", required=True)
+    a.add_argument("--seed", type=int, default=0)
+    a.set_defaults(func=_cmd_analyze)
+
+    dt = sub.add_parser("data", help="data utilities")
+    dsub = dt.add_subparsers(dest="data_cmd", required=True)
+    s = dsub.add_parser("stats", help="label statistics and head/medium/tail split of a label CSV")
+    s.add_argument("labels")
+    s.add_argument("--out", help="write LabelStats JSON here")
+    lt = dsub.add_parser("longtail", help="build a long-tailed subset (the paper's construction) from a label CSV")
+    lt.add_argument("labels")
+    lt.add_argument("--max-count", type=int, default=800, help="800 for VOC, 1200 for COCO")
+    lt.add_argument("--seed", type=int, default=0)
+    lt.add_argument("--out", required=True, help="id list to write")
+    fs = dsub.add_parser("fetch-subset", help="download (or copy) a published VOC-MLT/COCO-MLT id list, checksummed")
+    fs.add_argument("name", help="voc-mlt or coco-mlt")
+    fs.add_argument("--dest", default="data/published")
+    fs.add_argument("--source", help="a local copy to verify and copy instead of downloading")
+    md = dsub.add_parser("make-demo", help="generate the built-in demo dataset")
+    md.add_argument("out")
+    md.add_argument("--seed", type=int, default=0)
+    dt.set_defaults(func=_cmd_data)
+
+    rc = sub.add_parser("recipes", help="list the shipped recipes")
+    rc.set_defaults(func=_cmd_recipes)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from dbloss.engine import NonFiniteLossError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, KeyError, TypeError, NonFiniteLossError) as e:
+        if args.verbose:
+            raise
+        print(f"dbloss {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

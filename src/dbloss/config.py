@@ -1,0 +1,227 @@
+"""Training recipes: one flat dataclass, YAML files in ``configs/``, ``key=value`` overrides.
+
+A recipe is a YAML mapping of :class:`TrainConfig` fields. ``load_config(name_or_path,
+overrides)`` reads it (a path, or a name such as ``voc_mlt/db_focal`` looked up in the shipped
+``configs/`` folder), applies overrides such as ``epochs=2`` or ``loss_args.mu=0.2`` (values
+parsed as YAML), validates every key and returns the resolved configuration, which the trainer
+saves beside the run as ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import yaml
+
+from dbloss.stats import DEFAULT_HEAD_MIN, DEFAULT_TAIL_MAX
+
+__all__ = ["TrainConfig", "load_config", "list_recipes", "recipe_dir"]
+
+DatasetKind = Literal["demo", "voc", "coco", "coco-json", "csv", "reuters", "features"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs. Field groups: run, data, model, loss, sampling, optimisation."""
+
+    # run
+    name: str = "run"
+    out_dir: str = "runs/run"
+    seed: int = 0
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
+    # data
+    dataset: DatasetKind = "demo"
+    data_root: str | None = None  # VOCdevkit / COCO root / demo data folder / Reuters SGML folder
+    train_ann: str | None = None  # coco-json / csv / features: training annotation or feature file
+    test_ann: str | None = None
+    train_images: str | None = None  # image folder for coco-json / csv
+    test_images: str | None = None
+    subset: str | None = None  # an image-id list (e.g. the published VOC-MLT / COCO-MLT lists)
+    use_difficult: bool = True  # VOC: count "difficult" objects as positives (the original work does)
+    val_size: int = 0  # hold out this many training samples for threshold selection (0: none)
+    image_size: int = 224
+    augment: bool = True
+    skip_corrupt: bool = False
+    workers: int = -1  # -1: min(8, cpu count - 1) on CUDA, min(2, cpu count - 1) on CPU
+    persistent_workers: bool = False
+    pin_memory: bool | None = None  # None: on when training on CUDA
+    # text features (Reuters)
+    tfidf_max_features: int = 20000
+    # model
+    backbone: str = "resnet50"
+    weights: str | None = "DEFAULT"
+    frozen_stages: int = 1
+    neck_dim: int = 256
+    dropout: float = 0.5
+    # loss and sampling
+    loss: str = "db-focal"
+    loss_args: dict[str, Any] = field(default_factory=dict)
+    sampler: Literal["random", "class-aware"] = "class-aware"
+    num_samples_cls: int = 1
+    sampler_reduce: int = 4
+    head_min: int = DEFAULT_HEAD_MIN
+    tail_max: int = DEFAULT_TAIL_MAX
+    # optimisation
+    epochs: int = 8
+    batch_size: int = 32  # global batch: divided among distributed ranks
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    grad_clip: float | None = 35.0
+    warmup_iters: int = 500
+    warmup_ratio: float = 1.0 / 3
+    lr_steps: list[int] = field(default_factory=lambda: [5, 7])
+    lr_gamma: float = 0.1
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    channels_last: bool = True  # only applied on CUDA
+    compile: bool = False
+    # evaluation
+    threshold: float = 0.5
+    threshold_search: list[float] | None = None  # [low, high, step]: pick a global threshold on the val split
+    eval_batch_size: int = 64
+    log_interval: int = 10
+    tensorboard: bool = True
+
+    def validate(self) -> "TrainConfig":
+        """Check types and value ranges; raise ``ValueError`` naming the field."""
+        for name, hint in typing.get_type_hints(TrainConfig).items():
+            setattr(self, name, _coerce(name, hint, getattr(self, name)))
+        positive = ("epochs", "batch_size", "eval_batch_size", "image_size", "num_samples_cls", "sampler_reduce")
+        for f in positive:
+            if getattr(self, f) < 1:
+                raise ValueError(f"Expected `{f}` >= 1, but got {getattr(self, f)!r}")
+        for f in ("lr", "weight_decay", "momentum", "warmup_iters", "dropout", "val_size"):
+            if getattr(self, f) < 0:
+                raise ValueError(f"Expected `{f}` >= 0, but got {getattr(self, f)!r}")
+        if self.sampler not in ("random", "class-aware"):
+            raise ValueError(f"Expected `sampler` to be one of ('random', 'class-aware'), but got {self.sampler!r}")
+        if self.amp not in ("none", "bf16", "fp16"):
+            raise ValueError(f"Expected `amp` to be one of ('none', 'bf16', 'fp16'), but got {self.amp!r}")
+        kinds = DatasetKind.__args__  # type: ignore[attr-defined]
+        if self.dataset not in kinds:
+            raise ValueError(f"Expected `dataset` to be one of {kinds}, but got {self.dataset!r}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"Expected 0 < `threshold` < 1, but got {self.threshold!r}")
+        if self.threshold_search is not None and len(self.threshold_search) != 3:
+            raise ValueError(f"Expected `threshold_search` = [low, high, step], but got {self.threshold_search!r}")
+        if sorted(self.lr_steps) != list(self.lr_steps):
+            raise ValueError(f"Expected `lr_steps` in increasing order, but got {self.lr_steps!r}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _coerce(name: str, hint: Any, value: Any) -> Any:
+    """Convert ``value`` to the field's type where that is lossless (YAML reads ``1e-4`` as a string,
+    ``2`` as an int for a float field); raise ``ValueError`` naming the field otherwise."""
+    base = hint
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None
+        if value is None and type(None) in typing.get_args(hint):
+            return None
+        base = next(a for a in typing.get_args(hint) if a is not type(None))
+    try:
+        if base is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            return float(value)
+        if base is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if base is int and isinstance(value, float) and value.is_integer():
+            return int(value)
+        if base is bool and isinstance(value, bool):
+            return value
+        if base is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    except ValueError:
+        pass
+    if typing.get_origin(base) is Literal and value in typing.get_args(base):
+        return value
+    if typing.get_origin(base) in (list, dict) and isinstance(value, typing.get_origin(base)):
+        return value
+    if base in (float, int, bool, str):
+        raise ValueError(f"Expected `{name}` to be {base.__name__}, but got {value!r}")
+    return value
+
+
+def recipe_dir() -> Path:
+    """The folder of shipped recipes (``dbloss/configs`` inside the installed package)."""
+    return Path(str(resources.files("dbloss") / "configs"))
+
+
+def list_recipes() -> list[str]:
+    """Names of the shipped recipes, e.g. ``["coco_mlt/db_focal", ..., "voc_mlt/rs"]``."""
+    root = recipe_dir()
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+
+
+def _resolve_recipe(recipe: str | Path) -> Path:
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    shipped = recipe_dir() / f"{recipe}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise FileNotFoundError(f"No recipe file {str(recipe)!r} and no shipped recipe of that name; "
+                            f"shipped recipes: {', '.join(list_recipes())}")
+
+
+def _apply(data: dict[str, Any], key: str, value: Any, source: str) -> None:
+    top, _, sub = key.partition(".")
+    if top not in _FIELDS:
+        raise ValueError(f"{source}: unknown configuration key {top!r}; valid keys: {', '.join(_FIELDS)}")
+    if sub:
+        if top != "loss_args":
+            raise ValueError(f"{source}: only `loss_args` takes dotted keys, but got {key!r}")
+        data.setdefault(top, {})
+        data[top] = {**data[top], sub: value}
+    else:
+        data[top] = value
+
+
+def load_config(recipe: str | Path | None = None, overrides: Sequence[str] = (), *,
+                base: dict[str, Any] | None = None, **kwargs: Any) -> TrainConfig:
+    """Resolve a recipe: ``base`` (e.g. a checkpoint's saved configuration), the YAML file (or
+    shipped name), then ``key=value`` overrides, then ``kwargs``.
+
+    >>> cfg = load_config(None, ["epochs=2", "loss=bce"])
+    >>> cfg.epochs, cfg.loss
+    (2, 'bce')
+    """
+    data: dict[str, Any] = {}
+    for k, v in (base or {}).items():
+        _apply(data, str(k), v, "saved configuration")
+    if recipe is not None:
+        path = _resolve_recipe(recipe)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML ({e})") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping of configuration keys, but got {type(loaded).__name__}")
+        for k, v in loaded.items():
+            _apply(data, str(k), v, str(path))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"Override {item!r} is not of the form key=value")
+        _apply(data, key.strip(), yaml.safe_load(raw), "override")
+    for k, v in kwargs.items():
+        _apply(data, k, v, "argument")
+    try:
+        cfg = TrainConfig(**data)
+    except TypeError as e:
+        raise ValueError(str(e)) from None
+    return cfg.validate()
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    """Write the resolved configuration as YAML."""
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

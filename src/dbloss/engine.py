@@ -1,0 +1,367 @@
+"""The training loop and evaluation (torchvision-references style, one readable file).
+
+``train(cfg)`` builds data, model, loss, sampler and optimiser from a :class:`TrainConfig`,
+trains with the paper's schedule (SGD, linear warm-up, step decay, gradient clipping), writes
+an atomic checkpoint every epoch, and evaluates at the end: ``metrics.json`` + ``metrics.md``.
+Runs in one process or under ``torchrun`` (DistributedDataParallel; only rank 0 logs and saves).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from dbloss.config import TrainConfig, save_config
+from dbloss.distributed import DistEnv, barrier, gather_predictions, init_distributed
+from dbloss.losses import build_loss
+from dbloss.metrics import f1_scores, summarize
+from dbloss.model import build_model
+from dbloss.pipeline import DataBundle, build_data
+from dbloss.sampling import ClassAwareSampler
+from dbloss.stats import GROUPS, LabelStats
+
+__all__ = ["NonFiniteLossError", "get_lr", "train", "evaluate_checkpoint", "predict", "format_metrics_table"]
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message names the iteration and the last good checkpoint."""
+
+
+def get_lr(cfg: TrainConfig, it: int, epoch: int) -> float:
+    """Learning rate at global iteration ``it`` in ``epoch`` (0-based): step decay by ``lr_gamma``
+    at each epoch in ``lr_steps``, times mmcv's linear warm-up factor over the first
+    ``warmup_iters`` iterations, which rises from ``warmup_ratio`` to 1.
+
+    >>> from dbloss.config import TrainConfig
+    >>> cfg = TrainConfig(lr=0.02, warmup_iters=500, warmup_ratio=1/3, lr_steps=[5, 7])
+    >>> round(get_lr(cfg, 0, 0), 5), get_lr(cfg, 600, 1), round(get_lr(cfg, 9000, 7), 6)
+    (0.00667, 0.02, 0.0002)
+    """
+    lr = cfg.lr * cfg.lr_gamma ** sum(epoch >= s for s in cfg.lr_steps)
+    if it < cfg.warmup_iters:
+        lr *= 1 - (1 - it / cfg.warmup_iters) * (1 - cfg.warmup_ratio)
+    return lr
+
+
+def resolve_device(device: str, env: DistEnv) -> torch.device:
+    if device == "auto":
+        return torch.device(f"cuda:{env.local_rank}" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _num_workers(cfg: TrainConfig, device: torch.device) -> int:
+    if cfg.workers >= 0:
+        return cfg.workers
+    cpus = os.cpu_count() or 1
+    return max(0, min(8 if device.type == "cuda" else 2, cpus - 1))
+
+
+def _autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    if cfg.amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
+
+
+def _loader(ds: Any, batch_size: int, sampler: Any, cfg: TrainConfig, device: torch.device,
+            generator: torch.Generator | None = None, drop_last: bool = False) -> DataLoader:
+    workers = _num_workers(cfg, device)
+    pin = cfg.pin_memory if cfg.pin_memory is not None else device.type == "cuda"
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin,
+                      persistent_workers=cfg.persistent_workers and workers > 0, drop_last=drop_last,
+                      generator=generator)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, ds: Any, cfg: TrainConfig, device: torch.device, env: DistEnv) -> torch.Tensor:
+    """Sigmoid scores (N, C) on CPU for every sample of ``ds``, gathered from all ranks."""
+    sampler = DistributedSampler(ds, num_replicas=env.world_size, rank=env.rank, shuffle=False) \
+        if env.distributed else None
+    if env.distributed and len(ds) % env.world_size and env.is_main:
+        log.warning("evaluation: %d samples do not split evenly over %d ranks; padding duplicates are removed",
+                    len(ds), env.world_size)
+    loader = _loader(ds, cfg.eval_batch_size, sampler, cfg, device)
+    model.eval()
+    idx_parts, score_parts = [], []
+    for x, _, idx in loader:
+        x = x.to(device, non_blocking=True)
+        if x.ndim == 4 and cfg.channels_last and device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(cfg, device):
+            logits = model(x)
+        score_parts.append(torch.sigmoid(logits.float()).cpu())
+        idx_parts.append(torch.as_tensor(idx))
+    indices = torch.cat(idx_parts) if idx_parts else torch.zeros(0, dtype=torch.long)
+    scores = torch.cat(score_parts) if score_parts else torch.zeros(0, 0)
+    return gather_predictions(env, indices, scores, len(ds))
+
+
+def _targets(ds: Any) -> torch.Tensor:
+    """(N, C) targets of a dataset built by :mod:`dbloss.pipeline`."""
+    if hasattr(ds, "targets"):
+        return torch.as_tensor(ds.targets)
+    return torch.as_tensor(ds.table.labels)
+
+
+def select_threshold(scores: torch.Tensor, targets: torch.Tensor, search: list[float]) -> float:
+    """The global threshold in ``arange(low, high + step/2, step)`` maximising micro-F1."""
+    low, high, step = search
+    grid = np.round(np.arange(low, high + step / 2, step), 6)
+    f1 = [f1_scores(scores, targets, threshold=float(t))["micro_f1"] for t in grid]
+    return float(grid[int(np.argmax(f1))])
+
+
+def format_metrics_table(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of runs: mAP total / head / medium / tail and micro / macro F1 (x100)."""
+    head = "| run | loss | sampler | mAP | head | medium | tail | micro-F1 | macro-F1 |\n" + "|---" * 9 + "|\n"
+    fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"  # noqa: E731
+    body = "".join(
+        f"| {r['name']} | {r['loss']} | {r['sampler']} | " + " | ".join(fmt(r["mAP"][k]) for k in ("total",) + GROUPS)
+        + f" | {fmt(r['micro_f1'])} | {fmt(r['macro_f1'])} |\n" for r in rows)
+    return head + body
+
+
+def _evaluate(model: nn.Module, data: DataBundle, stats: LabelStats, cfg: TrainConfig, device: torch.device,
+              env: DistEnv) -> dict[str, Any]:
+    threshold = cfg.threshold
+    if cfg.threshold_search and data.val is not None:
+        val_scores = predict(model, data.val, cfg, device, env)
+        threshold = select_threshold(val_scores, _targets(data.val), cfg.threshold_search)
+    scores = predict(model, data.test, cfg, device, env)
+    res = summarize(scores, _targets(data.test), stats.split, threshold=threshold, class_names=stats.class_names)
+    res.update(name=cfg.name, loss=cfg.loss, sampler=cfg.sampler, dataset=cfg.dataset, class_names=stats.class_names,
+               train_class_freq=stats.class_freq.tolist(), split=stats.split, epochs=cfg.epochs, seed=cfg.seed,
+               num_train=int(stats.num_samples), num_test=len(data.test))
+    return res
+
+
+def _write_metrics(out: Path, res: dict[str, Any]) -> None:
+    _atomic_write_text(out / "metrics.json", json.dumps(res, indent=1, allow_nan=False,
+                                                        default=lambda v: None))
+    _atomic_write_text(out / "metrics.md", format_metrics_table([res]))
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` with ``torch.save`` to a temporary file, then rename: never a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class _JsonLog:
+    """Append-only JSON-lines log (rank 0 only)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    def write(self, **record: Any) -> None:
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def _batches(loader: DataLoader, show: bool, desc: str) -> Iterator[Any]:
+    if not show:
+        return iter(loader)
+    from tqdm import tqdm
+
+    return iter(tqdm(loader, desc=desc, leave=False, dynamic_ncols=True))
+
+
+def train(cfg: TrainConfig, *, resume: bool | str = False, progress: bool = True) -> dict[str, Any]:
+    """Train and evaluate a recipe; returns the final metrics (as written to ``metrics.json``).
+
+    Args:
+        cfg: the resolved recipe.
+        resume: ``True`` continues from ``out_dir/checkpoint.pt``; a path continues from that file.
+        progress: show a per-iteration progress bar (rank 0 only).
+    """
+    env = init_distributed(cfg.device)
+    device = resolve_device(cfg.device, env)
+    out = Path(cfg.out_dir)
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    torch.manual_seed(cfg.seed)  # the entry point of a run seeds once; library parts use their own generators
+
+    data = build_data(cfg)
+    stats = LabelStats.from_labels(data.train_labels, data.class_names, head_min=cfg.head_min, tail_max=cfg.tail_max)
+    if env.is_main:
+        stats.save(out / "label_stats.json")
+    model = build_model(len(data.class_names), input_type=data.input_type, backbone=cfg.backbone,
+                        weights=cfg.weights, frozen_stages=cfg.frozen_stages, neck_dim=cfg.neck_dim,
+                        dropout=cfg.dropout, in_features=data.in_features).to(device)
+    if device.type == "cuda" and cfg.channels_last and data.input_type == "image":
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = build_loss(cfg.loss, torch.as_tensor(stats.class_freq), stats.num_samples, **cfg.loss_args).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+
+    start_epoch, it = 0, 0
+    ckpt_path = out / "checkpoint.pt"
+    if resume:
+        src = ckpt_path if resume is True else Path(str(resume))
+        if not src.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {src}")
+        ckpt = torch.load(src, map_location=device, weights_only=False)
+        for key in ("loss", "dataset", "sampler", "seed", "batch_size"):
+            if ckpt["config"].get(key) != getattr(cfg, key):
+                raise ValueError(f"--resume: checkpoint {src} was trained with {key}={ckpt['config'].get(key)!r}, "
+                                 f"but this run has {key}={getattr(cfg, key)!r}")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, it = ckpt["epoch"], ckpt["iteration"]
+        _set_rng_state(ckpt["rng"], device)
+        if env.is_main:
+            log.info("resumed from %s at epoch %d (iteration %d)", src, start_epoch, it)
+
+    net: nn.Module = model
+    if env.distributed:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+
+    if cfg.batch_size % env.world_size:
+        raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the number of ranks ({env.world_size})")
+    per_rank = cfg.batch_size // env.world_size
+    if cfg.sampler == "class-aware":
+        sampler: Any = ClassAwareSampler(data.train_labels, num_samples_cls=cfg.num_samples_cls,
+                                         reduce=cfg.sampler_reduce, seed=cfg.seed, num_replicas=env.world_size,
+                                         rank=env.rank)
+    else:
+        sampler = DistributedSampler(data.train, num_replicas=env.world_size, rank=env.rank, shuffle=True,
+                                     seed=cfg.seed)
+    loader_gen = torch.Generator()
+    loader = _loader(data.train, per_rank, sampler, cfg, device, generator=loader_gen)
+
+    writer = None
+    if env.is_main and cfg.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tensorboard"))
+    jlog = _JsonLog(out / "log.jsonl" if env.is_main else None)
+    show = progress and env.is_main
+
+    for epoch in range(start_epoch, cfg.epochs):
+        sampler.set_epoch(epoch)
+        loader_gen.manual_seed(cfg.seed + epoch)  # worker seeds for this epoch
+        net.train()
+        t0, loss_sum, n_it = time.perf_counter(), 0.0, 0
+        bar = _batches(loader, show, f"epoch {epoch + 1}/{cfg.epochs}")
+        for x, y, _ in bar:
+            lr = get_lr(cfg, it, epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if x.ndim == 4 and device.type == "cuda" and cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(cfg, device):
+                logits = net(x)
+            loss = loss_fn(logits.float(), y)
+            value = loss.detach()
+            if env.distributed:
+                torch.distributed.all_reduce(value)
+                value /= env.world_size
+            value_f = float(value)
+            if not math.isfinite(value_f):
+                last = str(ckpt_path) if ckpt_path.is_file() else "none (no epoch has finished yet)"
+                raise NonFiniteLossError(f"non-finite loss ({value_f}) at epoch {epoch + 1}, iteration {it} "
+                                         f"(global); last good checkpoint: {last}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            loss_sum, n_it = loss_sum + value_f, n_it + 1
+            if show and hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{value_f:.4f}", lr=f"{lr:.2e}")  # type: ignore[attr-defined]
+            if it % cfg.log_interval == 0:
+                jlog.write(type="iter", epoch=epoch + 1, iteration=it, loss=value_f, lr=lr)
+                if writer is not None:
+                    writer.add_scalar("train/loss", value_f, it)
+                    writer.add_scalar("train/lr", lr, it)
+            it += 1
+        summary = {"type": "epoch", "epoch": epoch + 1, "iterations": n_it, "loss": loss_sum / max(n_it, 1),
+                   "seconds": round(time.perf_counter() - t0, 2)}
+        jlog.write(**summary)
+        if env.is_main:
+            log.info("epoch %d/%d: loss %.4f (%d iterations, %.1f s)", epoch + 1, cfg.epochs, summary["loss"], n_it,
+                     summary["seconds"])
+            save_checkpoint(ckpt_path, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "epoch": epoch + 1, "iteration": it, "rng": _rng_state(device), "config": cfg.to_dict(),
+                "label_stats": stats.to_dict(),
+            })
+        barrier(env)
+
+    res = _evaluate(model, data, stats, cfg, device, env)
+    if env.is_main:
+        _write_metrics(out, res)
+        jlog.write(type="eval", **{k: res[k] for k in ("mAP", "micro_f1", "macro_f1", "threshold")})
+        if writer is not None:
+            for k, v in res["mAP"].items():
+                writer.add_scalar(f"test/mAP_{k}", v, it)
+            writer.close()
+    return res
+
+
+def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, overrides: list[str] | None = None,
+                        progress: bool = True) -> dict[str, Any]:
+    """Evaluate a saved checkpoint on the test set of its recipe (or of ``overrides``, e.g. another
+    dataset with the same classes); writes ``metrics.json`` / ``metrics.md`` into ``out_dir``."""
+    from dbloss.config import load_config
+
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    cfg = load_config(None, list(overrides or []), base=ckpt["config"])
+    cfg.out_dir = str(out_dir)
+    env = init_distributed(cfg.device)
+    device = resolve_device(cfg.device, env)
+    stats = LabelStats.from_dict(ckpt["label_stats"])
+    data = build_data(cfg)
+    if data.class_names != stats.class_names:
+        raise ValueError(f"the evaluation data's classes {data.class_names[:5]}... differ from the checkpoint's "
+                         f"{stats.class_names[:5]}...")
+    model = build_model(len(data.class_names), input_type=data.input_type, backbone=cfg.backbone, weights=None,
+                        frozen_stages=cfg.frozen_stages, neck_dim=cfg.neck_dim, dropout=cfg.dropout,
+                        in_features=data.in_features).to(device)
+    model.load_state_dict(ckpt["model"])
+    res = _evaluate(model, data, stats, cfg, device, env)
+    if env.is_main:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        _write_metrics(Path(out_dir), res)
+    return res

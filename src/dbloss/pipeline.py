@@ -1,0 +1,201 @@
+"""From a recipe's data fields to datasets: the one place that maps ``cfg.dataset`` to readers.
+
+:func:`build_data` returns the train / (optional) validation / test ``Dataset``s, the training
+label matrix (for the label statistics, the losses and the class-aware sampler) and, for
+feature inputs, the feature dimension.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from dbloss.config import TrainConfig
+from dbloss.data.table import MultiLabelSet
+
+__all__ = ["DataBundle", "FeatureDataset", "build_data", "read_tables", "load_feature_file"]
+
+log = logging.getLogger(__name__)
+
+
+class FeatureDataset(Dataset):
+    """Precomputed features: ``__getitem__(i) -> (features (D,) float32, target (C,) float32, i)``.
+
+    ``features`` is a dense (N, D) array/tensor or a SciPy sparse matrix (rows are densified
+    one at a time, so a large TF-IDF matrix never has to fit in memory densely).
+    """
+
+    def __init__(self, features: Any, labels: np.ndarray) -> None:
+        if features.shape[0] != labels.shape[0]:
+            raise ValueError(f"Expected as many feature rows as label rows, but got {features.shape[0]} and "
+                             f"{labels.shape[0]}")
+        self.features = features
+        self.sparse = hasattr(features, "tocsr")
+        if self.sparse:
+            self.features = features.tocsr()
+        self.targets = torch.as_tensor(np.asarray(labels), dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return int(self.targets.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        row = self.features[i]
+        x = torch.from_numpy(np.asarray(row.toarray()[0] if self.sparse else row, dtype=np.float32))
+        return x, self.targets[i], i
+
+
+@dataclass
+class DataBundle:
+    """What training needs from the data."""
+
+    train: Dataset
+    test: Dataset
+    val: Dataset | None
+    train_labels: np.ndarray  # (N_train, C) int64
+    class_names: list[str]
+    in_features: int | None  # feature dimension for input_type "features", else None
+
+    @property
+    def input_type(self) -> str:
+        return "image" if self.in_features is None else "features"
+
+
+def load_feature_file(path: str | Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+    """Read precomputed features: a ``.npz`` (or ``.pt`` dict) with ``features`` (N, D),
+    ``labels`` (N, C) and optionally ``class_names`` (C,)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"feature file not found: {path}")
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    else:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("features", "labels"):
+        if key not in data:
+            raise ValueError(f"{path}: missing array {key!r} (found {sorted(data)})")
+    feats = np.asarray(data["features"], dtype=np.float32)
+    if feats.ndim != 2 or not np.isfinite(feats).all():
+        raise ValueError(f"{path}: `features` must be a finite (N, D) matrix, got shape {feats.shape}")
+    names = [str(c) for c in data["class_names"]] if "class_names" in data else None
+    return feats, np.asarray(data["labels"]), names
+
+
+def read_tables(cfg: TrainConfig) -> tuple[MultiLabelSet, MultiLabelSet]:
+    """The (train, test) label tables of an image dataset recipe (``subset`` applied to train)."""
+    from dbloss.data import coco, custom, published, voc
+
+    kind = cfg.dataset
+    root = Path(cfg.data_root) if cfg.data_root else None
+    if kind in ("voc", "coco") and root is None:
+        raise ValueError(f"dataset={kind!r} needs `data_root`")
+    if kind == "voc":
+        train = voc.read_voc(root, "2012", "trainval", use_difficult=cfg.use_difficult)
+        test = voc.read_voc(root, "2007", "test", use_difficult=cfg.use_difficult)
+    elif kind == "coco":
+        train = coco.read_coco(root / "annotations" / "instances_train2017.json", root / "train2017")
+        test = coco.read_coco(root / "annotations" / "instances_val2017.json", root / "val2017")
+    elif kind == "demo":
+        from dbloss.data.demo import generate_demo_dataset
+
+        paths = generate_demo_dataset(cfg.data_root or "demo_data", seed=0)
+        train = coco.read_coco(paths.train_json, paths.image_root)
+        test = coco.read_coco(paths.test_json, paths.image_root)
+    elif kind in ("coco-json", "csv"):
+        for f in ("train_ann", "test_ann"):
+            if not getattr(cfg, f):
+                raise ValueError(f"dataset={kind!r} needs `{f}`")
+        if kind == "coco-json":
+            train = coco.read_coco(cfg.train_ann, cfg.train_images or Path(cfg.train_ann).parent)
+            test = coco.read_coco(cfg.test_ann, cfg.test_images or Path(cfg.test_ann).parent)
+        else:
+            train = custom.read_csv(cfg.train_ann, cfg.train_images)
+            test = custom.read_csv(cfg.test_ann, cfg.test_images)
+    else:
+        raise ValueError(f"dataset={kind!r} is not an image dataset")
+    if cfg.subset:
+        ids = published.load_id_list(cfg.subset)
+        train = train.select_ids(ids)
+        log.info("training subset %s: %d images", cfg.subset, len(train))
+    if train.class_names != test.class_names:
+        raise ValueError(f"train and test class names differ: {train.class_names} vs {test.class_names}")
+    for table, split in ((train, "train"), (test, "test")):
+        custom.check_images(table)
+        log.info("%s: %d images, %d classes", split, len(table), table.num_classes)
+    return train, test
+
+
+def _holdout(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    if val_size >= n:
+        raise ValueError(f"Expected val_size < number of training samples ({n}), but got {val_size}")
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[val_size:]), np.sort(perm[:val_size])
+
+
+def build_data(cfg: TrainConfig) -> DataBundle:
+    """Build the datasets of a recipe."""
+    if cfg.dataset == "reuters":
+        return _build_reuters(cfg)
+    if cfg.dataset == "features":
+        return _build_features(cfg)
+    from dbloss.data.images import MultiLabelImageDataset
+    from dbloss.data.transforms import eval_transform, train_transform
+
+    train, test = read_tables(cfg)
+    val = None
+    if cfg.val_size:
+        tr_idx, va_idx = _holdout(len(train), cfg.val_size, cfg.seed)
+        train, val = train.subset(tr_idx), train.subset(va_idx)
+    t_train = train_transform(cfg.image_size) if cfg.augment else eval_transform(cfg.image_size)
+    t_eval = eval_transform(cfg.image_size)
+    make = lambda table, t: MultiLabelImageDataset(table, t, skip_corrupt=cfg.skip_corrupt)  # noqa: E731
+    return DataBundle(
+        train=make(train, t_train), test=make(test, t_eval), val=None if val is None else make(val, t_eval),
+        train_labels=train.labels, class_names=list(train.class_names), in_features=None,
+    )
+
+
+def _build_features(cfg: TrainConfig) -> DataBundle:
+    if not cfg.train_ann or not cfg.test_ann:
+        raise ValueError("dataset='features' needs `train_ann` and `test_ann` (.npz feature files)")
+    xtr, ytr, names = load_feature_file(cfg.train_ann)
+    xte, yte, names_te = load_feature_file(cfg.test_ann)
+    if xtr.shape[1] != xte.shape[1] or ytr.shape[1] != yte.shape[1]:
+        raise ValueError(f"train and test feature files disagree: features {xtr.shape} vs {xte.shape}, "
+                         f"labels {ytr.shape} vs {yte.shape}")
+    names = names or names_te or [f"class_{k}" for k in range(ytr.shape[1])]
+    train = MultiLabelSet([str(i) for i in range(len(ytr))], ytr, names)  # validates the labels
+    test = MultiLabelSet([str(i) for i in range(len(yte))], yte, names)
+    val = None
+    if cfg.val_size:
+        tr_idx, va_idx = _holdout(len(train), cfg.val_size, cfg.seed)
+        val = FeatureDataset(xtr[va_idx], train.labels[va_idx])
+        xtr, train = xtr[tr_idx], train.subset(tr_idx)
+    return DataBundle(FeatureDataset(xtr, train.labels), FeatureDataset(xte, test.labels), val,
+                      train.labels, names, xtr.shape[1])
+
+
+def _build_reuters(cfg: TrainConfig) -> DataBundle:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from dbloss.data.reuters import huang_validation_split, read_reuters
+
+    if not cfg.data_root:
+        raise ValueError("dataset='reuters' needs `data_root` (the folder of the reut2-*.sgm files)")
+    train, test = read_reuters(cfg.data_root)
+    val = None
+    if cfg.val_size:  # Huang et al. (EMNLP 2021): a fixed 1,000-document hold-out
+        tr_idx, va_idx = huang_validation_split(train)
+        train, val = train.subset(tr_idx), train.subset(va_idx)
+    vec = TfidfVectorizer(max_features=cfg.tfidf_max_features, sublinear_tf=True, dtype=np.float32,
+                          strip_accents="unicode", min_df=2)
+    xtr = vec.fit_transform(train.texts)
+    make = lambda table: FeatureDataset(vec.transform(table.texts), table.labels)  # noqa: E731
+    return DataBundle(FeatureDataset(xtr, train.labels), make(test), None if val is None else make(val),
+                      train.labels, list(train.class_names), xtr.shape[1])
