@@ -116,12 +116,13 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from dbloss import analysis
 
     out = Path(args.out)
+    table = _read_label_csv(args.labels) if args.labels else None
     if args.what == "gradients":
-        res = analysis.run_gradient_analysis(out)
+        res = analysis.run_gradient_analysis(out, labels=None if table is None else table.labels,
+                                             class_names=None if table is None else table.class_names)
     else:
-        if not args.labels:
+        if table is None:
             raise ValueError(f"`dbloss analyze {args.what}` needs --labels CSV (image_id + one 0/1 column per class)")
-        table = _read_label_csv(args.labels)
         if args.what == "resampling":
             res = analysis.run_resampling_analysis(table.labels, table.class_names, out, seed=args.seed)
         else:

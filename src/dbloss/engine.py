@@ -140,16 +140,44 @@ def _evaluate(model: nn.Module, data: DataBundle, stats: LabelStats, cfg: TrainC
         val_scores = predict(model, data.val, cfg, device, env)
         threshold = select_threshold(val_scores, _targets(data.val), cfg.threshold_search)
     scores = predict(model, data.test, cfg, device, env)
-    res = summarize(scores, _targets(data.test), stats.split, threshold=threshold, class_names=stats.class_names)
+    targets = _targets(data.test)
+    res = summarize(scores, targets, stats.split, threshold=threshold, class_names=stats.class_names)
+    per_class_f1 = f1_scores(scores, targets, threshold=threshold)["per_class_f1"].double()
+    res["per_class_f1"] = [None if math.isnan(v) else v for v in per_class_f1.tolist()]
+    res["macro_f1_groups"] = {g: _nanmean_or_none(per_class_f1[idx]) for g, idx in stats.split.items()}
+    res["_scores"], res["_targets"] = scores, targets  # written to predictions.npz by rank 0, not to JSON
     res.update(name=cfg.name, loss=cfg.loss, sampler=cfg.sampler, dataset=cfg.dataset, class_names=stats.class_names,
                train_class_freq=stats.class_freq.tolist(), split=stats.split, epochs=cfg.epochs, seed=cfg.seed,
                num_train=int(stats.num_samples), num_test=len(data.test))
     return res
 
 
+def jsonable(obj: Any) -> Any:
+    """``obj`` with NaN/inf floats as None and tensors/arrays as lists (strict JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        return jsonable(obj.tolist())
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _nanmean_or_none(values: torch.Tensor) -> float | None:
+    values = values[~torch.isnan(values)]
+    return float(values.mean()) if values.numel() else None
+
+
 def _write_metrics(out: Path, res: dict[str, Any]) -> None:
-    _atomic_write_text(out / "metrics.json", json.dumps(res, indent=1, allow_nan=False,
-                                                        default=lambda v: None))
+    """Write ``metrics.json``, ``metrics.md`` and ``predictions.npz`` (test scores and targets);
+    the in-memory predictions are popped from ``res``."""
+    scores, targets = res.pop("_scores"), res.pop("_targets")
+    np.savez_compressed(out / "predictions.npz", scores=scores.numpy(), targets=targets.numpy())
+    _atomic_write_text(out / "metrics.json", json.dumps(jsonable(res), indent=1, allow_nan=False))
     _atomic_write_text(out / "metrics.md", format_metrics_table([res]))
 
 
@@ -337,6 +365,7 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, progress: bool = True
             for k, v in res["mAP"].items():
                 writer.add_scalar(f"test/mAP_{k}", v, it)
             writer.close()
+    res.pop("_scores", None), res.pop("_targets", None)
     return res
 
 
@@ -364,4 +393,5 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, overrides: 
     if env.is_main:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         _write_metrics(Path(out_dir), res)
+    res.pop("_scores", None), res.pop("_targets", None)
     return res

@@ -469,7 +469,7 @@ def _db_core(
             z = z + _ntr_bias_core(freq, num_samples, init_bias)  # never in place: z may be the caller's tensor
         if neg_scale != 1:
             z = torch.where(y > 0, z, neg_scale * z)
-            w_neg = torch.where(y > 0, y.new_tensor(1.0), y.new_tensor(1.0 / neg_scale))
+            w_neg = torch.where(y > 0, z.new_tensor(1.0), z.new_tensor(1.0 / neg_scale))
             weight = w_neg if weight is None else weight * w_neg
         loss = _focal_bce(z, y, gamma)
         if weight is not None:
