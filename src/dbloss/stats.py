@@ -83,12 +83,14 @@ def validate_label_matrix(labels: Any, ignore_index: int | None = None, name: st
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         pos = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
         raise ValueError(f"`{name}` contains a non-finite value at {pos}")
-    allowed = np.isin(arr, [0, 1] if ignore_index is None else [0, 1, ignore_index])
+    allowed = (arr == 0) | (arr == 1)
+    if ignore_index is not None:
+        allowed |= arr == ignore_index
     if not allowed.all():
         pos = tuple(int(i) for i in np.argwhere(~allowed)[0])
         valid = "{0, 1}" if ignore_index is None else f"{{0, 1, {ignore_index}}}"
         raise ValueError(f"Expected `{name}` values in {valid}, but got {arr[pos]!r} at (row, class) = {pos}")
-    return arr.astype(np.int64)
+    return arr.astype(np.int64, copy=False)
 
 
 @dataclass
