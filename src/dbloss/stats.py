@@ -89,7 +89,7 @@ def validate_label_matrix(labels: Any, ignore_index: int | None = None, name: st
     if not allowed.all():
         pos = tuple(int(i) for i in np.argwhere(~allowed)[0])
         valid = "{0, 1}" if ignore_index is None else f"{{0, 1, {ignore_index}}}"
-        raise ValueError(f"Expected `{name}` values in {valid}, but got {arr[pos]!r} at (row, class) = {pos}")
+        raise ValueError(f"Expected `{name}` values in {valid}, but got {arr[pos].item()!r} at (row, class) = {pos}")
     return arr.astype(np.int64, copy=False)
 
 
