@@ -1,0 +1,34 @@
+"""Shared test fixtures.
+
+Real data is read from ``../shared/data`` beside the repository (or ``$DBLOSS_SHARED_DATA``);
+tests that need it are skipped with a reason when it is absent.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("DBLOSS_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def _need(sub: str) -> Path:
+    path = SHARED_DATA / sub
+    if not path.is_dir():
+        pytest.skip(f"real data not found at {path} (set DBLOSS_SHARED_DATA to the shared data folder)")
+    return path
+
+
+@pytest.fixture
+def voc_coco_mlt_dir() -> Path:
+    """``../shared/data/voc_coco_mlt`` (label matrices of VOC/COCO-MLT); skips when absent."""
+    return _need("voc_coco_mlt")
+
+
+@pytest.fixture
+def reuters_dir() -> Path:
+    """``../shared/data/reuters21578`` (the SGML files); skips when absent."""
+    return _need("reuters21578")
