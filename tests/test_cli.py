@@ -1,0 +1,48 @@
+"""Tests of the ``dbloss`` command line (in-process through ``dbloss.cli.main``)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dbloss.cli import main
+
+
+def test_recipes_lists_shipped_recipes(capsys):
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    assert "voc_mlt/db_focal" in out and "coco_mlt/erm" in out and "demo/rs" in out
+
+
+def test_data_stats_and_longtail_on_real_labels(voc_coco_mlt_dir, tmp_path, capsys):
+    assert main(["data", "stats", str(voc_coco_mlt_dir / "voc_mlt_train_labels.csv"),
+                 "--out", str(tmp_path / "s.json")]) == 0
+    out = capsys.readouterr().out
+    assert "1142 samples, 20 classes" in out and "6 / 6 / 8" in out
+    assert json.loads((tmp_path / "s.json").read_text())["class_freq"][14] == 775
+    ids = tmp_path / "ids.txt"
+    assert main(["data", "longtail", str(voc_coco_mlt_dir / "voc2012_trainval_labels.csv"), "--out", str(ids)]) == 0
+    n = len(ids.read_text().split())
+    assert 1000 < n < 1300
+
+
+def test_analyze_commands_write_figures(voc_coco_mlt_dir, tmp_path):
+    labels = str(voc_coco_mlt_dir / "voc_mlt_train_labels.csv")
+    assert main(["analyze", "gradients", "--labels", labels, "--out", str(tmp_path / "g")]) == 0
+    assert main(["analyze", "weights", "--labels", labels, "--out", str(tmp_path / "w")]) == 0
+    assert any(p.suffix == ".png" for p in (tmp_path / "g").iterdir())
+    assert any(p.suffix == ".json" for p in (tmp_path / "w").iterdir())
+
+
+def test_errors_are_reported_with_exit_code_2(tmp_path, capsys):
+    assert main(["train", "no/such_recipe"]) == 2
+    assert "shipped recipes" in capsys.readouterr().err
+    assert main(["train", "voc_mlt/erm", "epoch=3"]) == 2
+    assert "unknown configuration key 'epoch'" in capsys.readouterr().err
+    assert main(["analyze", "weights", "--out", str(tmp_path)]) == 2
+    assert "--labels" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "missing_run"), "--out", str(tmp_path / "r")]) == 2
+    assert "missing_run" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["no-such-command"])
