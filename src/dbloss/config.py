@@ -46,7 +46,8 @@ class TrainConfig:
     use_difficult: bool = True  # VOC: count "difficult" objects as positives (the original work does)
     val_size: int = 0  # hold out this many training samples for threshold selection (0: none)
     image_size: int = 224
-    augment: bool = True
+    augment: bool = True  # the paper's training augmentation (off: plain resize, as for evaluation)
+    photometric: bool = True  # its photometric distortion (brightness, contrast, saturation, hue)
     skip_corrupt: bool = False
     workers: int = -1  # -1: min(8, cpu count - 1) on CUDA, min(2, cpu count - 1) on CPU
     persistent_workers: bool = False

@@ -152,7 +152,8 @@ def build_data(cfg: TrainConfig) -> DataBundle:
     if cfg.val_size:
         tr_idx, va_idx = _holdout(len(train), cfg.val_size, cfg.seed)
         train, val = train.subset(tr_idx), train.subset(va_idx)
-    t_train = train_transform(cfg.image_size) if cfg.augment else eval_transform(cfg.image_size)
+    t_train = (train_transform(cfg.image_size, photometric=cfg.photometric) if cfg.augment
+               else eval_transform(cfg.image_size))
     t_eval = eval_transform(cfg.image_size)
     make = lambda table, t: MultiLabelImageDataset(table, t, skip_corrupt=cfg.skip_corrupt)  # noqa: E731
     return DataBundle(
