@@ -19,7 +19,6 @@ per-element gradient. Nothing is re-derived by hand.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,7 +30,8 @@ from matplotlib.figure import Figure
 
 from dbloss.losses import build_loss
 from dbloss.losses.functional import negative_tolerant_bias
-from dbloss.plots import GROUP_COLORS, save_figure
+from dbloss.analysis.output import write_analysis
+from dbloss.plots import GROUP_COLORS
 
 __all__ = [
     "GradientCurves",
@@ -306,10 +306,6 @@ def run_gradient_analysis(
         kwargs["ce_num_classes"] = ce_num_classes
     g = gradient_curves(logits, neg_scale=neg_scale, init_bias=init_bias, ce_pos_logit=ce_pos_logit,
                         ce_other_logits=ce_other_logits, **kwargs)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    fig_path = save_figure(gradient_figure(g), out / "gradients.png")
     data = g.to_dict()
-    json_path = out / "gradients.json"
-    json_path.write_text(json.dumps(data, indent=1))
+    fig_path, json_path = write_analysis(out_dir, "gradients", gradient_figure(g), data)
     return {"figure": fig_path, "json": json_path, "summary": data["params"]}

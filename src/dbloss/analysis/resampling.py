@@ -29,7 +29,6 @@ of epochs and counting; definitions (all per class k, with N images and C classe
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -37,7 +36,8 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from dbloss.plots import GROUP_COLORS, frequency_order, save_figure, shade_groups
+from dbloss.analysis.output import write_analysis
+from dbloss.plots import GROUP_COLORS, frequency_order, shade_groups
 from dbloss.sampling import ClassAwareSampler
 from dbloss.stats import GROUPS, LabelStats, validate_label_matrix
 
@@ -261,10 +261,6 @@ def run_resampling_analysis(
     """
     a = resampling_analysis(labels, class_names, epochs=epochs, seed=seed, num_samples_cls=num_samples_cls,
                             reduce=reduce)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    fig_path = save_figure(resampling_figure(a), out / "resampling.png")
     data = a.to_dict()
-    json_path = out / "resampling.json"
-    json_path.write_text(json.dumps(data, indent=1))
+    fig_path, json_path = write_analysis(out_dir, "resampling", resampling_figure(a), data)
     return {"figure": fig_path, "json": json_path, "summary": data["groups"]}

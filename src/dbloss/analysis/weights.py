@@ -18,7 +18,6 @@ summaries; their number is reported.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,7 +27,8 @@ import torch
 from matplotlib.figure import Figure
 
 from dbloss.losses.functional import rebalance_weight
-from dbloss.plots import GROUP_COLORS, frequency_order, save_figure, shade_groups
+from dbloss.analysis.output import write_analysis
+from dbloss.plots import GROUP_COLORS, frequency_order, shade_groups
 from dbloss.stats import GROUPS, LabelStats, validate_label_matrix
 
 __all__ = [
@@ -290,10 +290,6 @@ def run_weight_analysis(
     Returns ``{"figure": Path, "json": Path, "summary": {group: {...}}}``.
     """
     a = weight_analysis(labels, class_names, alpha=alpha, beta=beta, mu=mu)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    fig_path = save_figure(weight_figure(a), out / "weights.png")
     data = a.to_dict()
-    json_path = out / "weights.json"
-    json_path.write_text(json.dumps(data, indent=1))
+    fig_path, json_path = write_analysis(out_dir, "weights", weight_figure(a), data)
     return {"figure": fig_path, "json": json_path, "summary": data["groups"]}
