@@ -18,7 +18,8 @@ __all__ = ["main", "get_args_parser"]
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from dbloss.config import load_config
-    from dbloss.engine import format_metrics_table, train
+    from dbloss.engine import train
+    from dbloss.report import results_table
 
     overrides = list(args.overrides)
     cfg = load_config(args.recipe, overrides)
@@ -29,16 +30,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     resume: bool | str = False if args.resume is None else (True if args.resume == "" else args.resume)
     res = train(cfg, resume=resume, progress=not args.no_progress)
     if res is not None:
-        print(format_metrics_table([res]), end="")
+        print(results_table([res]))
         print(f"results: {Path(cfg.out_dir) / 'metrics.json'}")
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from dbloss.engine import evaluate_checkpoint, format_metrics_table
+    from dbloss.engine import evaluate_checkpoint
+    from dbloss.report import results_table
 
     res = evaluate_checkpoint(args.checkpoint, args.out, list(args.overrides), progress=not args.no_progress)
-    print(format_metrics_table([res]), end="")
+    print(results_table([res]))
     print(f"results: {Path(args.out) / 'metrics.json'}")
     return 0
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from dbloss.config import list_recipes, load_config
-from dbloss.engine import format_metrics_table, jsonable, train
+from dbloss.engine import jsonable, train
 
 __all__ = ["DEFAULT_DEMO_RECIPES", "run_demo"]
 
@@ -34,7 +34,7 @@ def run_demo(
 ) -> list[dict[str, Any]]:
     """Train the demo recipes (``["all"]`` for every shipped demo recipe) and write the comparison."""
     from dbloss.plots import per_class_ap_figure, save_figure
-    from dbloss.report import write_report
+    from dbloss.report import results_table, write_report
 
     out = Path(out)
     available = [n.split("/", 1)[1] for n in list_recipes() if n.startswith("demo/")]
@@ -55,7 +55,7 @@ def run_demo(
         print(f"[demo] {name}: mAP {100 * res['mAP']['total']:.2f} in {time.perf_counter() - t0:.0f} s", flush=True)
         results.append(res)
         run_dirs.append(out / name)
-    table = format_metrics_table(results)
+    table = results_table(results) + "\n"
     print("\n" + table, end="")
     (out / "results.md").write_text(table)
     (out / "results.json").write_text(json.dumps(jsonable(results), indent=1, allow_nan=False))

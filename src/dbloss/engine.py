@@ -29,9 +29,9 @@ from dbloss.metrics import f1_scores, summarize
 from dbloss.model import build_model
 from dbloss.pipeline import DataBundle, build_data
 from dbloss.sampling import ClassAwareSampler
-from dbloss.stats import GROUPS, LabelStats
+from dbloss.stats import LabelStats
 
-__all__ = ["NonFiniteLossError", "get_lr", "train", "evaluate_checkpoint", "predict", "format_metrics_table"]
+__all__ = ["NonFiniteLossError", "get_lr", "train", "evaluate_checkpoint", "predict"]
 
 log = logging.getLogger(__name__)
 
@@ -123,16 +123,6 @@ def select_threshold(scores: torch.Tensor, targets: torch.Tensor, search: list[f
     return float(grid[int(np.argmax(f1))])
 
 
-def format_metrics_table(rows: list[dict[str, Any]]) -> str:
-    """A Markdown table of runs: mAP total / head / medium / tail and micro / macro F1 (x100)."""
-    head = "| run | loss | sampler | mAP | head | medium | tail | micro-F1 | macro-F1 |\n" + "|---" * 9 + "|\n"
-    fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"  # noqa: E731
-    body = "".join(
-        f"| {r['name']} | {r['loss']} | {r['sampler']} | " + " | ".join(fmt(r["mAP"][k]) for k in ("total",) + GROUPS)
-        + f" | {fmt(r['micro_f1'])} | {fmt(r['macro_f1'])} |\n" for r in rows)
-    return head + body
-
-
 def _evaluate(model: nn.Module, data: DataBundle, stats: LabelStats, cfg: TrainConfig, device: torch.device,
               env: DistEnv) -> dict[str, Any]:
     threshold = cfg.threshold
@@ -178,7 +168,9 @@ def _write_metrics(out: Path, res: dict[str, Any]) -> None:
     scores, targets = res.pop("_scores"), res.pop("_targets")
     np.savez_compressed(out / "predictions.npz", scores=scores.numpy(), targets=targets.numpy())
     _atomic_write_text(out / "metrics.json", json.dumps(jsonable(res), indent=1, allow_nan=False))
-    _atomic_write_text(out / "metrics.md", format_metrics_table([res]))
+    from dbloss.report import results_table
+
+    _atomic_write_text(out / "metrics.md", results_table([jsonable(res)]) + "\n")
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
