@@ -169,7 +169,7 @@ def aggregate(results: list[dict]) -> dict[str, dict[str, float]]:
     for m in METRICS:
         vals = [r[m] for r in results if not math.isnan(r[m])]
         out[m] = {"mean": statistics.fmean(vals) if vals else math.nan,
-                  "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
+                  "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)}
     return out
 
 
@@ -180,7 +180,7 @@ def _pm(a: dict[str, float], scale: float = 100.0, digits: int = 2) -> str:
     if math.isnan(a["mean"]):
         return "n/a"
     s = f"{scale * a['mean']:.{digits}f}"
-    return s + (f" ± {scale * a['std']:.{digits}f}" if a["std"] > 0 else "")
+    return s + (f" ± {scale * a['std']:.{digits}f}" if a["n"] > 1 else "")
 
 
 def _table_rows(summary: dict[str, Any]) -> list[list[str]]:
@@ -230,14 +230,15 @@ def markdown(summary: dict[str, Any], command: str) -> str:
     lines += [""]
     for key, name in (("macro_f1", "macro-F1"), ("micro_f1", "micro-F1")):
         ours, theirs = _ranking(summary, key, True), _ranking(summary, key, False)
-        lines.append(f"- {name} ranking, ours: {' > '.join(LABELS[r].split(' ')[0] for r in ours)}; Huang et al.: "
-                     f"{' > '.join(LABELS[r].split(' ')[0] for r in theirs)} (Kendall tau {_kendall_tau(ours, theirs):+.2f}).")
+        short = lambda rows: " > ".join(LABELS[r].split(" ")[0] for r in rows)  # noqa: E731
+        lines.append(f"- {name} ranking, ours: {short(ours)}; Huang et al.: {short(theirs)} "
+                     f"(Kendall tau {_kendall_tau(ours, theirs):+.2f}).")
     times = {row: e["aggregate"]["seconds"]["mean"] for row, e in summary["rows"].items()}
     lines.append("- Wall time per run (data + TF-IDF + training + evaluation), mean over seeds: "
                  + ", ".join(f"{LABELS[r].split(' ')[0]} {t:.0f} s" for r, t in times.items()) + ".")
     if summary["reused"]:
-        lines.append(f"- {len(summary['reused'])} of the runs were read back from earlier invocations of this script with "
-                     "identical configurations (`--reuse`); their times were measured by those invocations.")
+        lines.append(f"- {len(summary['reused'])} of the runs were read back from earlier invocations of this script "
+                     "with identical configurations (`--reuse`); their times were measured by those invocations.")
     lines += ["", "![Reuters-21578: macro-F1 per group, and ours vs Huang et al.](docs/figures/reuters_f1.png)", "",
               END]
     return "\n".join(lines)
