@@ -191,7 +191,10 @@ def _build_reuters(cfg: TrainConfig) -> DataBundle:
         raise ValueError("dataset='reuters' needs `data_root` (the folder of the reut2-*.sgm files)")
     train, test = read_reuters(cfg.data_root)
     val = None
-    if cfg.val_size:  # Huang et al. (EMNLP 2021): a fixed 1,000-document hold-out
+    if cfg.val_size:  # Huang et al. (EMNLP 2021): a 1,000-document hold-out (random_state 123)
+        if cfg.val_size != 1000:
+            raise ValueError(f"dataset='reuters' holds out Huang et al.'s 1,000 validation documents: expected "
+                             f"val_size 0 or 1000, but got {cfg.val_size}")
         tr_idx, va_idx = huang_validation_split(train)
         train, val = train.subset(tr_idx), train.subset(va_idx)
     vec = TfidfVectorizer(max_features=cfg.tfidf_max_features, sublinear_tf=True, dtype=np.float32,
