@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from dbloss.stats import LabelStats
 
 
 def _read_labels(path: Path) -> tuple[np.ndarray, list[str]]:

@@ -16,7 +16,6 @@ from dbloss.losses.functional import (
     class_balanced_weight,
     distribution_balanced_loss,
     inverse_frequency_weight,
-    ldam_loss,
     ldam_margin,
     negative_tolerant_bias,
     rebalance_weight,

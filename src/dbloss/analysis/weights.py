@@ -233,7 +233,7 @@ def weight_figure(a: WeightAnalysis) -> Figure:
     gs = fig.add_gridspec(2, 2, height_ratios=[1.0, 1.1])
     ax1, ax2, ax3 = fig.add_subplot(gs[0, 0]), fig.add_subplot(gs[0, 1]), fig.add_subplot(gs[1, :])
 
-    ax1.plot(a.map_r, a.map_rhat, color="k", lw=1.8, label=rf"$\hat r=\alpha+\sigma(\beta(r-\mu))$")
+    ax1.plot(a.map_r, a.map_rhat, color="k", lw=1.8, label=r"$\hat r=\alpha+\sigma(\beta(r-\mu))$")
     ax1.axvline(a.mu, color="0.5", ls=":", lw=1)
     groups = a.group_summary()
     for g, d in groups.items():

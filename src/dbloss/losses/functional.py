@@ -13,6 +13,9 @@ under ``torch.autocast``. Inputs are never modified.
 
 All losses are configurations of a few shared pieces: :func:`_prepare` (validation and upcast),
 :func:`_focal_bce` (binary cross-entropy with optional focal modulation), and :func:`_reduce`.
+The DB family (db-focal, r-*, ntr-focal) runs the same focal BCE through
+:class:`_WeightedSignedFocal`, a hand-written backward for its hot path; the property tests
+check that both give the same values and gradients (DB with everything off equals focal / BCE).
 
 References:
     DB: Wu et al., "Distribution-Balanced Loss for Multi-Label Classification in Long-Tailed
