@@ -4,7 +4,9 @@
 
 Prints
 1. forward+backward time of ``db-focal`` / that of ``F.binary_cross_entropy_with_logits`` at
-   (B, C) = (256, 80) and (1024, 1000) on the CPU (target: within 2x);
+   (B, C) = (256, 80) and (1024, 1000) on the CPU (target: within 2x), for the fused kernel
+   (``backend="kernel"``, the default on the CPU; skipped where it cannot be built) and the
+   torch-ops path (``backend="torch"``), the three timed in turn in every repeat;
 2. ``mean_average_precision`` time / scikit-learn's per-class ``average_precision_score`` loop at
    10,000 x 1,000 (and that the values agree);
 3. the class-aware sampler's indices per second (N = 100,000 samples, C = 1,000 classes).
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dbloss.losses import build_loss
+from dbloss.losses import build_loss, fused
 from dbloss.metrics import average_precision, mean_average_precision
 from dbloss.sampling import ClassAwareSampler
 
@@ -39,22 +41,40 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 2) -> floa
     return statistics.median(times)
 
 
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 3) -> dict[str, float]:
+    """Median seconds of each function, timed in turn within every repeat (so that slow phases of
+    a noisy machine hit all of them alike)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def bench_loss(batch: int, classes: int, repeats: int) -> dict[str, float]:
     g = torch.Generator().manual_seed(0)
     freq = torch.randint(1, 1000, (classes,), generator=g)
     num_samples = int(freq.max()) * 4
     logits = torch.randn(batch, classes, generator=g, requires_grad=True)
     targets = (torch.rand(batch, classes, generator=g) < 0.05).float()
-    db = build_loss("db-focal", freq, num_samples)
-
-    def run_db() -> None:
-        db(logits, targets).backward()
-
-    def run_bce() -> None:
-        F.binary_cross_entropy_with_logits(logits, targets).backward()
-
-    t_db, t_bce = median_time(run_db, repeats), median_time(run_bce, repeats)
-    return {"batch": batch, "classes": classes, "db_ms": 1e3 * t_db, "bce_ms": 1e3 * t_bce, "ratio": t_db / t_bce}
+    fns = {"bce": lambda: F.binary_cross_entropy_with_logits(logits, targets).backward()}
+    for backend in ("kernel", "torch"):
+        if backend == "kernel" and not fused.available():
+            continue  # no compiler here: the torch row only
+        loss_fn = build_loss("db-focal", freq, num_samples, backend=backend)
+        fns[f"db_{backend}"] = lambda fn=loss_fn: fn(logits, targets).backward()  # type: ignore[misc]
+    med = interleaved_medians(fns, repeats)
+    res: dict[str, float] = {"batch": batch, "classes": classes, "bce_ms": 1e3 * med["bce"]}
+    for backend in ("kernel", "torch"):
+        if f"db_{backend}" in med:
+            res[f"db_{backend}_ms"] = 1e3 * med[f"db_{backend}"]
+            res[f"ratio_{backend}"] = med[f"db_{backend}"] / med["bce"]
+    return res
 
 
 def bench_map(n: int, classes: int, repeats: int) -> dict[str, float]:
@@ -100,12 +120,15 @@ def main() -> None:
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
     res = {"torch_threads": torch.get_num_threads(), "loss": [], "map": None, "sampler": None}
-    print(f"CPU, {torch.get_num_threads()} torch threads, median of {args.repeats} repeats")
+    print(f"CPU, {torch.get_num_threads()} torch threads, median of {args.repeats} repeats "
+          f"({5 * args.repeats} for the (256, 80) loss)")
     for b, c in ((256, 80), (1024, 1000)):
-        r = bench_loss(b, c, args.repeats)
+        r = bench_loss(b, c, args.repeats * (5 if b * c < 100_000 else 1))
         res["loss"].append(r)
-        print(f"loss fwd+bwd (B, C) = ({b}, {c}): db-focal {r['db_ms']:.3f} ms, BCE {r['bce_ms']:.3f} ms, "
-              f"ratio {r['ratio']:.2f}x (target <= 2x)")
+        for backend in ("kernel", "torch"):
+            if f"ratio_{backend}" in r:
+                print(f"loss fwd+bwd (B, C) = ({b}, {c}): db-focal [{backend}] {r[f'db_{backend}_ms']:.3f} ms, "
+                      f"BCE {r['bce_ms']:.3f} ms, ratio {r[f'ratio_{backend}']:.2f}x (target <= 2x)")
     r = bench_map(10_000, 1_000, max(3, args.repeats // 4))
     res["map"] = r
     print(f"mAP 10,000 x 1,000: ours {r['ours_s']:.3f} s, scikit-learn per-class loop {r['sklearn_s']:.3f} s, "

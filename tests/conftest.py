@@ -32,3 +32,30 @@ def voc_coco_mlt_dir() -> Path:
 def reuters_dir() -> Path:
     """``../shared/data/reuters21578`` (the SGML files); skips when absent."""
     return _need("reuters21578")
+
+
+def require_kernel() -> None:
+    """Skip (or fail, when $DBLOSS_REQUIRE_KERNEL is set, as in CI) unless the fused DB kernel builds."""
+    from dbloss.losses import fused
+
+    try:
+        fused.build(verbose=False)
+    except fused.KernelBuildError as exc:
+        message = f"the fused DB kernel is unavailable here: {str(exc)[:2000]}"
+        if os.environ.get("DBLOSS_REQUIRE_KERNEL"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(params=["torch", "kernel"])
+def db_backend(request: pytest.FixtureRequest) -> str:
+    """Each DB-family backend in turn ("kernel" skipped where it cannot be built)."""
+    if request.param == "kernel":
+        require_kernel()
+    return request.param
+
+
+@pytest.fixture()
+def kernel() -> None:
+    """The fused DB kernel, built (or the test skipped; failed under $DBLOSS_REQUIRE_KERNEL)."""
+    require_kernel()

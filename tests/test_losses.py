@@ -107,13 +107,14 @@ def _original_release_loss(logits, labels, class_freq, neg_class_freq, *, map_pa
     {"gamma": 0.0, "alpha": 0.5, "beta": 3.0},
     {"gamma": 1.5, "neg_scale": 1.0, "init_bias": 0.0},
 ])
-def test_db_matches_paper_equations(seed, hp):
+def test_db_matches_paper_equations(seed, hp, db_backend):
     logits, targets = _data(seed, ignore=True)
     logits = logits.double()
     ref, ref_mean = _paper_db_loss(logits, targets, CLASS_FREQ, NUM_SAMPLES, **hp)
-    out = distribution_balanced_loss(logits, targets, CLASS_FREQ, NUM_SAMPLES, reduction="none", **hp)
+    out = distribution_balanced_loss(logits, targets, CLASS_FREQ, NUM_SAMPLES, reduction="none", backend=db_backend,
+                                     **hp)
     torch.testing.assert_close(out, torch.tensor(ref, dtype=torch.float64), rtol=1e-9, atol=1e-12)
-    mod = DistributionBalancedLoss(torch.tensor(CLASS_FREQ), NUM_SAMPLES, **hp)
+    mod = DistributionBalancedLoss(torch.tensor(CLASS_FREQ), NUM_SAMPLES, backend=db_backend, **hp)
     assert mod(logits, targets).item() == pytest.approx(ref_mean, rel=1e-9)
     # float32 agrees too
     assert mod(logits.float(), targets).item() == pytest.approx(ref_mean, rel=1e-5)
@@ -125,14 +126,15 @@ def test_db_matches_paper_equations(seed, hp):
     ("coco", dict(init_bias=0.025, neg_scale=2.0, mu=0.2, scale=2.0),
      dict(logit_reg=dict(init_bias=0.05, neg_scale=2.0), map_param=dict(alpha=0.1, beta=10.0, gamma=0.2))),
 ])
-def test_reproduces_original_release(dataset, ours, original):
+def test_reproduces_original_release(dataset, ours, original, db_backend):
     logits, targets = _data(3, b=8)  # row 1 has no positive label: both give weight alpha + 1
     neg_freq = [NUM_SAMPLES - n for n in CLASS_FREQ]
     ref = _original_release_loss(logits.double(), targets, CLASS_FREQ, neg_freq,
                                  focal=dict(gamma=2, balance_param=2.0), **original)
-    loss_fn = build_loss("db-focal", torch.tensor(CLASS_FREQ), NUM_SAMPLES, **ours)
+    loss_fn = build_loss("db-focal", torch.tensor(CLASS_FREQ), NUM_SAMPLES, backend=db_backend, **ours)
     torch.testing.assert_close(loss_fn.double()(logits.double(), targets), ref.mean(), rtol=1e-10, atol=0)
-    out = build_loss("db-focal", CLASS_FREQ, NUM_SAMPLES, reduction="none", **ours)(logits, targets)
+    out = build_loss("db-focal", CLASS_FREQ, NUM_SAMPLES, reduction="none", backend=db_backend, **ours)(logits,
+                                                                                                       targets)
     torch.testing.assert_close(out, ref.float(), rtol=1e-5, atol=1e-6)
     # the paper's bias (no division by neg_scale) differs from the original's
     paper = build_loss("db-focal", CLASS_FREQ, NUM_SAMPLES, init_bias=0.05, **{k: v for k, v in ours.items()
@@ -178,6 +180,20 @@ def test_gradcheck(name, kwargs):
     assert torch.autograd.gradcheck(lambda z: loss_fn(z, targets), (logits,), eps=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("name, kwargs", [
+    ("db-focal", {}),
+    ("db-focal", {"reduction": "sum", "gamma": 1.0, "neg_scale": 2.0}),
+    ("db-focal", {"reduction": "none", "gamma": 2.5, "beta": 0.0}),
+    ("r-bce", {}),
+    ("ntr-focal", {"reduction": "sum"}),
+])
+def test_gradcheck_db_backends(name, kwargs, db_backend):
+    logits, targets = _data(4, b=4, ignore=True)
+    logits = (logits / 3).double().requires_grad_(True)
+    loss_fn = build_loss(name, CLASS_FREQ, NUM_SAMPLES, backend=db_backend, **kwargs).double()
+    assert torch.autograd.gradcheck(lambda z: loss_fn(z, targets), (logits,), eps=1e-6, atol=1e-7)
+
+
 def _value_and_grad(fn, logits):
     z = logits.detach().clone().requires_grad_(True)
     out = fn(z)
@@ -186,10 +202,10 @@ def _value_and_grad(fn, logits):
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_db_without_weighting_ntr_focal_is_bce(reduction):
+def test_db_without_weighting_ntr_focal_is_bce(reduction, db_backend):
     logits, targets = _data(5)
     db = DistributionBalancedLoss(CLASS_FREQ, NUM_SAMPLES, gamma=0.0, neg_scale=1.0, init_bias=0.0,
-                                  rebalance=False, reduction=reduction)
+                                  rebalance=False, reduction=reduction, backend=db_backend)
     v1, g1 = _value_and_grad(lambda z: db(z, targets), logits)
     v2, g2 = _value_and_grad(lambda z: F.binary_cross_entropy_with_logits(z, targets.float(), reduction=reduction),
                              logits)
@@ -219,20 +235,20 @@ def test_focal_matches_textbook_formula():
                                rtol=1e-5, atol=1e-6)
 
 
-def test_ntr_noop_and_components():
+def test_ntr_noop_and_components(db_backend):
     logits, targets = _data(8)
     focal = sigmoid_focal_loss(logits, targets, gamma=2.0, reduction="none")
     no_ntr = distribution_balanced_loss(logits, targets, CLASS_FREQ, NUM_SAMPLES, neg_scale=1.0, init_bias=0.0,
-                                        rebalance=False, reduction="none")
+                                        rebalance=False, reduction="none", backend=db_backend)
     torch.testing.assert_close(no_ntr, focal)
     # r-focal = focal weighted by rebalance_weight
-    r_focal = build_loss("r-focal", CLASS_FREQ, NUM_SAMPLES, reduction="none")(logits, targets)
+    r_focal = build_loss("r-focal", CLASS_FREQ, NUM_SAMPLES, reduction="none", backend=db_backend)(logits, targets)
     torch.testing.assert_close(r_focal, focal * rebalance_weight(targets, CLASS_FREQ))
     # ntr-focal: the focal loss of the shifted / scaled logits, negatives down-weighted by neg_scale
     nu = negative_tolerant_bias(CLASS_FREQ, NUM_SAMPLES, 0.05)
     z2 = torch.where(targets == 1, logits + nu, 5.0 * (logits + nu))
     ref = sigmoid_focal_loss(z2, targets, reduction="none") * torch.where(targets == 1, 1.0, 0.2)
-    ntr = build_loss("ntr-focal", CLASS_FREQ, NUM_SAMPLES, reduction="none")(logits, targets)
+    ntr = build_loss("ntr-focal", CLASS_FREQ, NUM_SAMPLES, reduction="none", backend=db_backend)(logits, targets)
     torch.testing.assert_close(ntr, ref)
 
 
@@ -307,9 +323,9 @@ def test_ignored_entries_do_not_count_as_positive():
     assert ign[0, 2] == 0
 
 
-def test_all_masked_mean_is_zero():
+def test_all_masked_mean_is_zero(db_backend):
     logits = torch.randn(2, 5, requires_grad=True)
-    loss = build_loss("db-focal", CLASS_FREQ, NUM_SAMPLES)(logits, torch.full((2, 5), -1))
+    loss = build_loss("db-focal", CLASS_FREQ, NUM_SAMPLES, backend=db_backend)(logits, torch.full((2, 5), -1))
     assert loss.item() == 0.0
     loss.backward()
     assert torch.all(logits.grad == 0)

@@ -13,9 +13,10 @@ under ``torch.autocast``. Inputs are never modified.
 
 All losses are configurations of a few shared pieces: :func:`_prepare` (validation and upcast),
 :func:`_focal_bce` (binary cross-entropy with optional focal modulation), and :func:`_reduce`.
-The DB family (db-focal, r-*, ntr-focal) runs the same focal BCE through
-:class:`_WeightedSignedFocal`, a hand-written backward for its hot path; the property tests
-check that both give the same values and gradients (DB with everything off equals focal / BCE).
+The DB family (db-focal, r-*, ntr-focal) has two paths with the same equations (``backend``):
+on the CPU the fused C++ kernel of :mod:`dbloss.losses.fused`, elsewhere torch ops through
+:class:`_WeightedSignedFocal`, a hand-written backward; the property tests run both and check
+them against the references (DB with everything off equals focal / BCE).
 
 References:
     DB: Wu et al., "Distribution-Balanced Loss for Multi-Label Classification in Long-Tailed
@@ -28,13 +29,16 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from typing import Any, ContextManager, Literal, Sequence
+from typing import Any, Callable, ContextManager, Literal, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dbloss.losses import fused
+
 __all__ = [
+    "BACKENDS",
     "REDUCTIONS",
     "Reduction",
     "asymmetric_loss",
@@ -52,6 +56,13 @@ __all__ = [
 Reduction = Literal["none", "mean", "sum"]
 #: The valid values of every ``reduction`` argument.
 REDUCTIONS: tuple[str, ...] = ("none", "mean", "sum")
+
+Backend = Literal["auto", "torch", "kernel"]
+#: The valid values of the DB losses' ``backend`` argument: "kernel" is the fused CPU kernel
+#: (:mod:`dbloss.losses.fused`), "torch" the composite of torch ops (any device), "auto" the
+#: kernel where it applies (CPU, float logits, outside torch.compile) and builds, else torch.
+#: Both compute the same equations with a hand-written first derivative (no double backward).
+BACKENDS: tuple[str, ...] = ("auto", "torch", "kernel")
 
 ArrayLike = Any  # a sequence, numpy array or tensor of class counts
 
@@ -76,6 +87,13 @@ def check_hparams(*, positive: Sequence[str] = (), **values: float) -> None:
         if not math.isfinite(v) or v < 0 or (name in positive and v == 0):
             expected = "a finite number > 0" if name in positive else "a finite number >= 0"
             raise ValueError(f"Expected `{name}` to be {expected}, but got {value!r}")
+
+
+def check_backend(backend: str) -> str:
+    """Return ``backend`` if it is one of :data:`BACKENDS`, else raise ``ValueError``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"Expected argument `backend` to be one of {BACKENDS}, but got {backend!r}")
+    return backend
 
 
 def _check_ignore_index(ignore_index: int) -> int:
@@ -156,6 +174,13 @@ def _autocast_off(device: torch.device) -> ContextManager[Any]:
     return torch.autocast(device_type=device.type, enabled=False) if enabled else nullcontext()
 
 
+def _bad_label_error(targets: torch.Tensor, ignore_index: int, i: int, k: int) -> ValueError:
+    return ValueError(
+        f"Expected `targets` values in {{0, 1, {ignore_index}}} (ignore_index={ignore_index}), "
+        f"but got {targets[i, k].item()!r} at (row, class) = ({i}, {k})"
+    )
+
+
 def _labels(targets: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Check that ``targets`` holds only 0, 1 or ``ignore_index``; return (positive, unmasked) bool masks.
 
@@ -177,24 +202,12 @@ def _labels(targets: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, tor
     valid = is_pos | (t == 0) | ~mask
     if not bool(valid.all()):
         i, k = (int(v) for v in torch.nonzero(~valid)[0])
-        raise ValueError(
-            f"Expected `targets` values in {{0, 1, {ignore_index}}} (ignore_index={ignore_index}), "
-            f"but got {t[i, k].item()!r} at (row, class) = ({i}, {k})"
-        )
+        raise _bad_label_error(t, ignore_index, i, k)
     return is_pos, mask
 
 
-def _prepare(
-    logits: torch.Tensor,
-    targets: torch.Tensor,
-    ignore_index: int,
-    num_classes: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Validate a (logits, targets) pair; return upcast logits ``z``, float 0/1 labels ``y`` and the mask.
-
-    ``y`` is 1 where ``targets == 1`` and 0 elsewhere (including ignored entries); ``mask`` is
-    ``targets != ignore_index``. ``logits`` and ``targets`` are not modified.
-    """
+def _check_pair(logits: torch.Tensor, targets: torch.Tensor, num_classes: int | None = None) -> None:
+    """Raise ``TypeError``/``ValueError`` unless (logits, targets) are (B, C) tensors of one shape and device."""
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"Expected `logits` to be a torch.Tensor, but got {type(logits).__name__}")
     if not isinstance(targets, torch.Tensor):
@@ -213,6 +226,21 @@ def _prepare(
         )
     if targets.device != logits.device:
         raise ValueError(f"Expected `targets` on the device of `logits` ({logits.device}), but got {targets.device}")
+
+
+def _prepare(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    ignore_index: int,
+    num_classes: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Validate a (logits, targets) pair; return upcast logits ``z``, float 0/1 labels ``y`` and the mask.
+
+    ``y`` is 1 where ``targets == 1`` and 0 elsewhere (including ignored entries); ``mask`` is
+    ``targets != ignore_index``, or None when nothing is ignored. ``logits`` and ``targets`` are
+    not modified.
+    """
+    _check_pair(logits, targets, num_classes)
     is_pos, mask = _labels(targets, ignore_index)
     dtype = _compute_dtype(logits)
     # a {0, 1} target tensor of the compute dtype is used as is (no copy; nothing writes to it)
@@ -255,6 +283,8 @@ def _focal_bce(z: torch.Tensor, y: torch.Tensor, gamma: float) -> torch.Tensor:
 # class statistics -> weights, biases, margins
 # --------------------------------------------------------------------------------------------
 def _rebalance_core(y: torch.Tensor, inv_freq: torch.Tensor, alpha: float, beta: float, mu: float) -> torch.Tensor:
+    if beta == 0:  # sigmoid(0) everywhere (and no 0 * inf for samples without positives)
+        return torch.full((y.shape[0], inv_freq.shape[0]), alpha + 0.5, dtype=y.dtype, device=y.device)
     denom = y @ inv_freq  # (B,): sum of 1/n_j over positives j
     # r = inv_freq / denom as one outer product; a sample with no positive label has denom = 0,
     # so r = +inf (the limit as its positives vanish) and the weight is sigmoid(+inf) + alpha = alpha + 1.
@@ -535,6 +565,7 @@ class _WeightedSignedFocal(torch.autograd.Function):
         return (mod * nll).mul_(w)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # double backward raises instead of silently returning no graph
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         gamma = ctx.gamma
         if gamma == 0:
@@ -562,6 +593,7 @@ def distribution_balanced_loss(
     rebalance: bool = True,
     reduction: Reduction = "mean",
     ignore_index: int = -1,
+    backend: Backend = "auto",
 ) -> torch.Tensor:
     """The Distribution-Balanced loss (Wu et al., ECCV 2020): re-balanced weighting + NTR + focal.
 
@@ -589,6 +621,7 @@ def distribution_balanced_loss(
         rebalance: apply the re-balanced weight. Default True.
         reduction: "none" | "mean" | "sum". Default "mean" (over unmasked elements).
         ignore_index: label value to mask out. Default -1.
+        backend: "auto" (default), "kernel" or "torch"; see :data:`BACKENDS`. Same equations.
 
     Returns:
         The reduced loss (float32 for half-precision logits), or (B, C) for "none".
@@ -599,13 +632,84 @@ def distribution_balanced_loss(
     (torch.Size([]), True)
     """
     check_reduction(reduction)
+    check_backend(backend)
     ignore_index = _check_ignore_index(ignore_index)
     freq = _check_db_args(class_freq, num_samples, alpha=alpha, beta=beta, mu=mu, neg_scale=neg_scale,
                           init_bias=init_bias, gamma=gamma, scale=scale, rebalance=rebalance)
-    z, y, mask = _prepare(logits, targets, ignore_index, len(freq))
-    return _db_core(z, y, mask, freq.to(dtype=z.dtype, device=z.device), float(num_samples), alpha=float(alpha),
-                    beta=float(beta), mu=float(mu), neg_scale=float(neg_scale), init_bias=float(init_bias),
-                    gamma=float(gamma), scale=float(scale), rebalance=bool(rebalance), reduction=reduction)
+    return _db_forward(logits, targets, freq, float(num_samples), alpha=float(alpha), beta=float(beta),
+                       mu=float(mu), neg_scale=float(neg_scale), init_bias=float(init_bias), gamma=float(gamma),
+                       scale=float(scale), rebalance=bool(rebalance), reduction=reduction,
+                       ignore_index=ignore_index, backend=backend)
+
+
+def _kernel_dtype(logits: torch.Tensor, targets: torch.Tensor, backend: str) -> torch.dtype | None:
+    """The dtype the fused kernel computes these inputs in, or None to use the torch path.
+
+    The kernel takes CPU logits computed in float32/float64 and targets that convert to that
+    dtype exactly (bool, integers, or floats no wider: a float64 0.9999999999 must not become
+    float32 1). ``backend="kernel"`` raises when it cannot be used; "auto" falls back.
+    """
+    if backend == "torch":
+        return None
+    dtype = _compute_dtype(logits)
+    usable = (logits.device.type == "cpu" and dtype in (torch.float32, torch.float64)
+              and not (targets.is_floating_point() and torch.finfo(targets.dtype).bits > torch.finfo(dtype).bits))
+    if backend == "kernel":
+        if not usable:
+            raise ValueError(f"backend='kernel' needs CPU logits computed in float32/float64 and targets no wider "
+                             f"than them, but got logits {logits.dtype} on {logits.device} and targets "
+                             f"{targets.dtype}; use backend='torch' or 'auto'")
+        fused.build(verbose=False)  # raises fused.KernelBuildError if it cannot be built
+        return dtype
+    if not usable or torch.compiler.is_compiling() or not fused.available():
+        return None
+    return dtype
+
+
+def _db_forward(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    freq: torch.Tensor,
+    num_samples: float,
+    *,
+    alpha: float,
+    beta: float,
+    mu: float,
+    neg_scale: float,
+    init_bias: float,
+    gamma: float,
+    scale: float,
+    rebalance: bool,
+    reduction: str,
+    ignore_index: int,
+    backend: str,
+    class_terms: Callable[[torch.dtype], tuple[torch.Tensor, torch.Tensor | None]] | None = None,
+) -> torch.Tensor:
+    """DB loss of (B, C) ``logits`` and ``targets`` for validated hyper-parameters and (C,) counts ``freq``
+    (any float dtype, on the logits' device), through the fused kernel or the torch ops (see :data:`BACKENDS`).
+
+    ``class_terms(dtype)``, when given, returns what :func:`_db_class_terms` would (a module caches them).
+    """
+    _check_pair(logits, targets, len(freq))
+    dtype = _kernel_dtype(logits, targets, backend)
+    if dtype is None:
+        z, y, mask = _prepare(logits, targets, ignore_index)
+        return _db_core(z, y, mask, freq.to(dtype=z.dtype, device=z.device), num_samples, alpha=alpha, beta=beta,
+                        mu=mu, neg_scale=neg_scale, init_bias=init_bias, gamma=gamma, scale=scale,
+                        rebalance=rebalance, reduction=reduction)
+    z = logits.to(dtype).contiguous()
+    y = targets.detach().to(dtype).contiguous()
+    inv_freq, bias = class_terms(dtype) if class_terms is not None else _db_class_terms(freq, num_samples, init_bias,
+                                                                                        dtype)
+    return fused.db_focal(z, y, inv_freq, bias, alpha=alpha, beta=beta, mu=mu, neg_scale=neg_scale, gamma=gamma,
+                          scale=scale, rebalance=rebalance, ignore_index=ignore_index, reduction=reduction)
+
+
+def _db_class_terms(freq: torch.Tensor, num_samples: float, init_bias: float,
+                    dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The kernel's per-class inputs: ``1 / n_k`` and the NTR bias (None when init_bias = 0), (C,) in ``dtype``."""
+    f = freq.to(dtype)
+    return 1.0 / f, (_ntr_bias_core(f, num_samples, init_bias) if init_bias != 0 else None)
 
 
 def _ldam_core(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, margin: torch.Tensor, s: float,

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from dbloss.losses import functional as LF
-from dbloss.losses.functional import Reduction
+from dbloss.losses.functional import Backend, Reduction
 
 __all__ = ["AsymmetricLoss", "DistributionBalancedLoss", "LDAMLoss", "SigmoidFocalLoss"]
 
@@ -74,6 +74,8 @@ class DistributionBalancedLoss(_MultiLabelLoss):
         rebalance: apply the re-balanced weight. Default True.
         reduction: "none" | "mean" | "sum". Default "mean" (over unmasked elements).
         ignore_index: label value to mask out. Default -1.
+        backend: "auto" (default: the fused CPU kernel where it applies and builds, else torch
+            ops), "kernel" or "torch"; see :data:`dbloss.losses.functional.BACKENDS`.
 
     Raises ``ValueError`` at construction for a class with ``n_k = 0`` (when re-balancing or
     init_bias > 0) or ``n_k = N`` (when init_bias > 0), naming the class index.
@@ -103,6 +105,7 @@ class DistributionBalancedLoss(_MultiLabelLoss):
         rebalance: bool = True,
         reduction: Reduction = "mean",
         ignore_index: int = -1,
+        backend: Backend = "auto",
     ) -> None:
         freq = LF._check_db_args(class_freq, num_samples, alpha=alpha, beta=beta, mu=mu, neg_scale=neg_scale,
                                  init_bias=init_bias, gamma=gamma, scale=scale, rebalance=rebalance)
@@ -112,18 +115,29 @@ class DistributionBalancedLoss(_MultiLabelLoss):
         self.alpha, self.beta, self.mu = float(alpha), float(beta), float(mu)
         self.neg_scale, self.init_bias = float(neg_scale), float(init_bias)
         self.gamma, self.scale, self.rebalance = float(gamma), float(scale), bool(rebalance)
+        self.backend = LF.check_backend(backend)
+        self._terms: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     def _hparams(self) -> dict[str, Any]:
         return dict(num_samples=self.num_samples, alpha=self.alpha, beta=self.beta, mu=self.mu,
                     neg_scale=self.neg_scale, init_bias=self.init_bias, gamma=self.gamma, scale=self.scale,
-                    rebalance=self.rebalance)
+                    rebalance=self.rebalance, backend=self.backend)
+
+    def _class_terms(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(C,) ``1 / n_k`` and NTR bias in ``dtype``, cached until ``class_freq`` is moved or written to."""
+        freq = self.class_freq
+        key = (dtype, freq.device, freq.data_ptr(), freq._version)
+        terms = self._terms.get(key)
+        if terms is None:
+            terms = LF._db_class_terms(freq, self.num_samples, self.init_bias, dtype)
+            self._terms = {key: terms}
+        return terms
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        z, y, mask = self._prepare(logits, targets)
-        freq = self.class_freq.to(dtype=z.dtype, device=z.device)
-        return LF._db_core(z, y, mask, freq, self.num_samples, alpha=self.alpha, beta=self.beta, mu=self.mu,
-                           neg_scale=self.neg_scale, init_bias=self.init_bias, gamma=self.gamma, scale=self.scale,
-                           rebalance=self.rebalance, reduction=self.reduction)
+        return LF._db_forward(logits, targets, self.class_freq, self.num_samples, alpha=self.alpha, beta=self.beta,
+                              mu=self.mu, neg_scale=self.neg_scale, init_bias=self.init_bias, gamma=self.gamma,
+                              scale=self.scale, rebalance=self.rebalance, reduction=self.reduction,
+                              ignore_index=self.ignore_index, backend=self.backend, class_terms=self._class_terms)
 
 
 class SigmoidFocalLoss(_MultiLabelLoss):

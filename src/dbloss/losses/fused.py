@@ -1,0 +1,164 @@
+"""The fused CPU kernel of the DB loss family (``csrc/db_focal.cpp``), built on first use.
+
+One kernel call checks the labels, computes the re-balanced weight, the NTR shift and scale and
+the focal BCE, reduces the loss and writes the gradient, so the backward pass is one multiply.
+It is compiled with :func:`torch.utils.cpp_extension.load` for this machine's vector ISA (the
+one torch itself dispatches to) the first time it is needed, and cached by torch in
+``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``); the build needs a C++
+compiler and takes 10-30 s. Call :func:`build` (or run ``dbloss kernel``, which also checks it
+against the torch path) to build it ahead of time, e.g. before ``torchrun`` starts many processes.
+
+:func:`available` tells whether the kernel can be used; when the build fails (no compiler, say)
+the DB losses fall back to the pure-torch path with a one-time warning. Both paths compute the
+same equations (tests compare them in value and gradient); the kernel runs on the CPU for
+float32/float64; like the torch path, it has a first derivative only (double backward raises).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+__all__ = ["KernelBuildError", "available", "build", "db_focal", "self_check"]
+
+_SOURCE = Path(__file__).with_name("csrc") / "db_focal.cpp"
+
+# the flags torch's own CPU code (and inductor) use for each vector ISA torch dispatches to
+_ISA_FLAGS = {
+    "AVX512": (["-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw", "-mfma"], "AVX512"),
+    "AVX2": (["-mavx2", "-mfma", "-mf16c"], "AVX2"),
+}
+
+REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+
+
+class KernelBuildError(RuntimeError):
+    """The fused kernel could not be compiled or loaded (the message says why)."""
+
+
+@contextlib.contextmanager
+def _ninja_on_path() -> Iterator[None]:
+    """Put the ``ninja`` package's binary on PATH for the build when no ninja is found there
+    (torch builds with ninja; the pip package ships one, but a venv's bin is on PATH only when active)."""
+    if shutil.which("ninja"):
+        yield
+        return
+    try:
+        import ninja
+    except ImportError:
+        yield
+        return
+    old = os.environ.get("PATH", "")
+    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + old
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = old
+
+
+@functools.lru_cache(maxsize=None)
+def _load(verbose: bool = False) -> Callable[..., Any]:
+    """Compile (or reuse torch's cached build of) the kernel and return the registered op.
+
+    Cached for the process: a build is attempted at most once (a failure is cached too).
+    """
+    if os.environ.get("DBLOSS_NO_KERNEL"):
+        raise KernelBuildError("disabled by the DBLOSS_NO_KERNEL environment variable")
+    log = logging.getLogger("torch.utils.cpp_extension")  # it warns at import about CUDA_HOME on CPU machines
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    except ImportError as exc:  # pragma: no cover - part of every torch build
+        raise KernelBuildError(f"torch.utils.cpp_extension is unavailable: {exc}") from exc
+    finally:
+        log.setLevel(level)
+    isa = torch.backends.cpu.get_cpu_capability()
+    flags, macro = _ISA_FLAGS.get(isa, ([], ""))
+    cflags = ["-O3", "-fopenmp-simd", *flags]
+    if macro:
+        cflags += [f"-DCPU_CAPABILITY={macro}", f"-DCPU_CAPABILITY_{macro}"]
+    name = f"dbloss_db_focal_{isa.lower()}"
+    try:
+        t0 = time.perf_counter()
+        with _ninja_on_path():
+            cpp_extension.load(name=name, sources=[str(_SOURCE)], extra_cflags=cflags, is_python_module=False,
+                               verbose=verbose)
+        if verbose:
+            print(f"dbloss: fused DB kernel ({isa}) ready in {time.perf_counter() - t0:.1f} s")
+    except Exception as exc:  # compiler missing, build error, ...: the torch path still works
+        raise KernelBuildError(f"could not build the fused DB kernel from {_SOURCE}: {exc}") from exc
+    return torch.ops.dbloss.db_focal_loss
+
+
+def build(verbose: bool = True) -> None:
+    """Build the kernel now (cached by torch for later processes); raise :class:`KernelBuildError` on failure."""
+    _load(verbose)
+
+
+def self_check(batch: int = 64, classes: int = 50, seed: int = 0) -> dict[str, float]:
+    """Build the kernel and compare it with the torch path on a random float64 problem.
+
+    Returns the largest absolute differences of the loss (reduction "none") and of the gradient.
+    """
+    from dbloss.losses import functional as LF
+
+    build(verbose=False)
+    g = torch.Generator().manual_seed(seed)
+    freq = torch.randint(1, 500, (classes,), generator=g).double()
+    logits = 3 * torch.randn(batch, classes, generator=g, dtype=torch.float64)
+    targets = (torch.rand(batch, classes, generator=g) < 0.1).double()
+    out = {}
+    for backend in ("kernel", "torch"):
+        z = logits.clone().requires_grad_(True)
+        loss = LF.distribution_balanced_loss(z, targets, freq, 2000, reduction="none", backend=backend)
+        loss.sum().backward()
+        out[backend] = (loss.detach(), z.grad)
+    return {"max_abs_loss_diff": float((out["kernel"][0] - out["torch"][0]).abs().max()),
+            "max_abs_grad_diff": float((out["kernel"][1] - out["torch"][1]).abs().max())}
+
+
+def available() -> bool:
+    """True when the kernel is built (building it now if needed); warns once and returns False if it cannot be."""
+    try:
+        _load()
+    except KernelBuildError as exc:
+        _warn_once(str(exc))
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    warnings.warn(f"dbloss: {message}; using the pure-torch DB loss", RuntimeWarning, stacklevel=3)
+
+
+def db_focal(z: torch.Tensor, y: torch.Tensor, inv_freq: torch.Tensor, bias: torch.Tensor | None, *,
+             alpha: float, beta: float, mu: float, neg_scale: float, gamma: float, scale: float, rebalance: bool,
+             ignore_index: int, reduction: str) -> torch.Tensor:
+    """Run the kernel on prepared CPU inputs (see ``csrc/db_focal.cpp`` for the equations).
+
+    Autograd is implemented in C++: the forward writes dL/dz (when ``z`` requires grad), the
+    backward multiplies it by the incoming gradient; double backward raises.
+
+    Args:
+        z: (B, C) float32/float64 logits, contiguous.
+        y: (B, C) labels of z's dtype, values in {0, 1, ignore_index}; any other value raises
+            ``ValueError`` naming it and its (row, class).
+        inv_freq: (C,) ``1 / n_k`` of z's dtype.
+        bias: (C,) NTR bias of z's dtype, or None.
+
+    Returns:
+        The loss: 0-d, or (B, C) for ``reduction="none"``.
+    """
+    return _load()(z, y, inv_freq, bias, alpha, beta, mu, neg_scale, gamma, scale, rebalance, ignore_index,
+                   REDUCTIONS[reduction])
