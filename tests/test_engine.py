@@ -178,3 +178,22 @@ def test_bf16_autocast_training_on_cpu(feature_files, tmp_path):
     cfg = load_config(None, feature_overrides(train_f, test_f, tmp_path / "bf16", amp="bf16", neck_dim=16, epochs=2))
     res = train(cfg, progress=False)
     assert res["mAP"]["total"] > 0.4  # learns under bf16 autocast; the loss itself runs in float32
+
+
+def test_fp16_autocast_with_grad_scaler_on_cpu(feature_files, tmp_path):
+    """The fp16 path (GradScaler: scale, unscale before clipping, step, update) runs and learns."""
+    train_f, test_f = feature_files
+    cfg = load_config(None, feature_overrides(train_f, test_f, tmp_path / "fp16", amp="fp16", neck_dim=16, epochs=2))
+    res = train(cfg, progress=False)
+    assert res["mAP"]["total"] > 0.4
+    assert "scaler" in torch.load(tmp_path / "fp16" / "checkpoint.pt", weights_only=False)
+
+
+def test_compiled_model_matches_eager(feature_files, tmp_path):
+    """compile=true (torch.compile of the model; the loss stays eager) trains to the eager result."""
+    train_f, test_f = feature_files
+    common = dict(neck_dim=16, epochs=1)
+    eager = train(load_config(None, feature_overrides(train_f, test_f, tmp_path / "eager", **common)), progress=False)
+    compiled = train(load_config(None, feature_overrides(train_f, test_f, tmp_path / "compiled", compile=True,
+                                                         **common)), progress=False)
+    assert compiled["mAP"]["total"] == pytest.approx(eager["mAP"]["total"], abs=0.02)

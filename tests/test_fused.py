@@ -173,3 +173,28 @@ def test_cli_kernel_command_builds_and_checks(capsys):
     assert main(["kernel"]) == 0
     out = capsys.readouterr().out
     assert "fused DB kernel: built for" in out and "max |grad diff|" in out
+
+
+def test_a_failed_build_falls_back_with_the_compiler_error(tmp_path):
+    """No working C++ compiler (CXX=/bin/false, empty extension cache): a warning, then the torch path."""
+    code = (
+        "import warnings, torch\n"
+        "from dbloss.losses import build_loss, fused\n"
+        "z, y = torch.randn(4, 3), torch.tensor([[1, 0, 0], [0, 1, 1], [0, 0, 0], [1, 1, 0]])\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    a = build_loss('db-focal', [5, 3, 2], 9)(z, y)\n"
+        "assert torch.equal(a, build_loss('db-focal', [5, 3, 2], 9, backend='torch')(z, y))\n"
+        "assert not fused.available()\n"
+        "print([str(x.message)[:300] for x in w])\n"
+        "try:\n"
+        "    build_loss('db-focal', [5, 3, 2], 9, backend='kernel')(z, y)\n"
+        "except fused.KernelBuildError as e:\n"
+        "    print('KernelBuildError raised for backend=kernel')\n"
+    )
+    env = {**os.environ, "CXX": "/bin/false", "TORCH_EXTENSIONS_DIR": str(tmp_path)}
+    env.pop("DBLOSS_NO_KERNEL", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "could not build the fused DB kernel" in out.stdout and "pure-torch" in out.stdout
+    assert "KernelBuildError raised for backend=kernel" in out.stdout
