@@ -148,8 +148,8 @@ def _cmd_kernel(args: argparse.Namespace) -> int:
         print(f"dbloss kernel: the fused DB kernel cannot be built here; the DB losses use the torch path.\n{e}",
               file=sys.stderr)
         return 1
-    print(f"fused DB kernel: built for {torch.backends.cpu.get_cpu_capability()}, cached by torch under "
-          f"$TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions)")
+    print(f"fused DB kernel: built for {torch.backends.cpu.get_cpu_capability()}, cached in "
+          f"{fused.kernel_directory()}")
     print(f"kernel vs torch path (float64, 64 x 50): max |loss diff| {diffs['max_abs_loss_diff']:.1e}, "
           f"max |grad diff| {diffs['max_abs_grad_diff']:.1e}")
     return 0 if max(diffs.values()) < 1e-8 else 1

@@ -3,9 +3,10 @@
 One kernel call checks the labels, computes the re-balanced weight, the NTR shift and scale and
 the focal BCE, reduces the loss and writes the gradient, so the backward pass is one multiply.
 It is compiled with :func:`torch.utils.cpp_extension.load` for this machine's vector ISA (the
-one torch itself dispatches to) the first time it is needed, and cached by torch in
-``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``); the build needs a C++
-compiler and takes 10-30 s. Call :func:`build` (or run ``dbloss kernel``, which also checks it
+one torch itself dispatches to) the first time it is needed, and cached in
+``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``) under
+``py<X.Y>_torch<version>/`` (:func:`build_directory`), where torch rebuilds it when the source
+or flags change; the build needs a C++ compiler and takes 10-30 s. Call :func:`build` (or run ``dbloss kernel``, which also checks it
 against the torch path) to build it ahead of time, e.g. before ``torchrun`` starts many processes.
 
 :func:`available` tells whether the kernel can be used; when the build fails (no compiler, say)
@@ -21,6 +22,7 @@ import functools
 import logging
 import os
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -28,7 +30,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-__all__ = ["KernelBuildError", "available", "build", "db_focal", "self_check"]
+__all__ = ["KernelBuildError", "available", "build", "build_directory", "db_focal", "kernel_directory", "self_check"]
 
 _SOURCE = Path(__file__).with_name("csrc") / "db_focal.cpp"
 
@@ -40,9 +42,36 @@ _ISA_FLAGS = {
 
 REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 
+#: A build lock older than this is taken to be left by a killed build (a build takes 10-30 s).
+STALE_LOCK_SECONDS = 600.0
+
 
 class KernelBuildError(RuntimeError):
     """The fused kernel could not be compiled or loaded (the message says why)."""
+
+
+def build_directory(name: str, default_root: str) -> Path:
+    """Where the kernel is built and cached: ``$TORCH_EXTENSIONS_DIR`` (else torch's default root,
+    ``~/.cache/torch_extensions``) / ``py<version>_torch<version>`` / ``name``, created if needed."""
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or default_root)
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}_torch{torch.__version__}".replace("+", "_")
+    path = root / tag / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _clear_stale_lock(build_dir: Path, max_age_s: float = STALE_LOCK_SECONDS) -> None:
+    """Remove a build lock older than ``max_age_s``: a build killed hard (SIGKILL, power loss)
+    leaves torch's ``lock`` file behind, and torch would then wait for it forever."""
+    lock = build_dir / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return
+    if age > max_age_s:
+        warnings.warn(f"dbloss: removing the stale build lock {lock} ({age / 60:.0f} min old, left by an "
+                      "interrupted build)", RuntimeWarning, stacklevel=3)
+        lock.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -65,15 +94,9 @@ def _ninja_on_path() -> Iterator[None]:
         os.environ["PATH"] = old
 
 
-@functools.lru_cache(maxsize=None)
-def _load(verbose: bool = False) -> Callable[..., Any]:
-    """Compile (or reuse torch's cached build of) the kernel and return the registered op.
-
-    Cached for the process: a build is attempted at most once (a failure is cached too).
-    """
-    if os.environ.get("DBLOSS_NO_KERNEL"):
-        raise KernelBuildError("disabled by the DBLOSS_NO_KERNEL environment variable")
-    log = logging.getLogger("torch.utils.cpp_extension")  # it warns at import about CUDA_HOME on CPU machines
+def _cpp_extension() -> Any:
+    """``torch.utils.cpp_extension``, imported without its CUDA_HOME warning on CPU-only machines."""
+    log = logging.getLogger("torch.utils.cpp_extension")
     level = log.level
     log.setLevel(logging.ERROR)
     try:
@@ -82,17 +105,41 @@ def _load(verbose: bool = False) -> Callable[..., Any]:
         raise KernelBuildError(f"torch.utils.cpp_extension is unavailable: {exc}") from exc
     finally:
         log.setLevel(level)
+    return cpp_extension
+
+
+def _build_spec() -> tuple[str, str, list[str]]:
+    """(extension name, torch's CPU capability, compiler flags) for this machine."""
     isa = torch.backends.cpu.get_cpu_capability()
     flags, macro = _ISA_FLAGS.get(isa, ([], ""))
     cflags = ["-O3", "-fopenmp-simd", *flags]
     if macro:
         cflags += [f"-DCPU_CAPABILITY={macro}", f"-DCPU_CAPABILITY_{macro}"]
-    name = f"dbloss_db_focal_{isa.lower()}"
+    return f"dbloss_db_focal_{isa.lower()}", isa, cflags
+
+
+def kernel_directory() -> Path:
+    """The directory the kernel is (or will be) built and cached in, for this machine's ISA."""
+    return build_directory(_build_spec()[0], _cpp_extension().get_default_build_root())
+
+
+@functools.lru_cache(maxsize=None)
+def _load(verbose: bool = False) -> Callable[..., Any]:
+    """Compile (or reuse the cached build of) the kernel and return the registered op.
+
+    Cached for the process: a build is attempted at most once (a failure is cached too).
+    """
+    if os.environ.get("DBLOSS_NO_KERNEL"):
+        raise KernelBuildError("disabled by the DBLOSS_NO_KERNEL environment variable")
+    cpp_extension = _cpp_extension()
+    name, isa, cflags = _build_spec()
     try:
         t0 = time.perf_counter()
+        build_dir = build_directory(name, cpp_extension.get_default_build_root())
+        _clear_stale_lock(build_dir)
         with _ninja_on_path():
             cpp_extension.load(name=name, sources=[str(_SOURCE)], extra_cflags=cflags, is_python_module=False,
-                               verbose=verbose)
+                               build_directory=str(build_dir), verbose=verbose)
         if verbose:
             print(f"dbloss: fused DB kernel ({isa}) ready in {time.perf_counter() - t0:.1f} s")
     except Exception as exc:  # compiler missing, build error, ...: the torch path still works
