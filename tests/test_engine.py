@@ -197,3 +197,19 @@ def test_compiled_model_matches_eager(feature_files, tmp_path):
     compiled = train(load_config(None, feature_overrides(train_f, test_f, tmp_path / "compiled", compile=True,
                                                          **common)), progress=False)
     assert compiled["mAP"]["total"] == pytest.approx(eager["mAP"]["total"], abs=0.02)
+
+
+def test_adamw_option_trains_and_resume_refuses_a_different_optimizer(feature_files, tmp_path):
+    train_f, test_f = feature_files
+    out = tmp_path / "adamw"
+    cfg = load_config(None, feature_overrides(train_f, test_f, out, optimizer="adamw", lr=3e-3, weight_decay=0.01,
+                                              epochs=2))
+    res = train(cfg, progress=False)
+    assert res["mAP"]["total"] > 0.6
+    state = torch.load(out / "checkpoint.pt", weights_only=False)["optimizer"]["state"]
+    assert "exp_avg_sq" in next(iter(state.values()))  # Adam moments, not SGD momentum buffers
+    sgd = load_config(None, feature_overrides(train_f, test_f, out, epochs=3))
+    with pytest.raises(ValueError, match="optimizer='adamw'"):
+        train(sgd, progress=False, resume=True)
+    with pytest.raises(ValueError, match="`optimizer` to be one of"):
+        load_config(None, feature_overrides(train_f, test_f, out, optimizer="adam"))

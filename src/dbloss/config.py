@@ -69,6 +69,7 @@ class TrainConfig:
     head_min: int = DEFAULT_HEAD_MIN
     tail_max: int = DEFAULT_TAIL_MAX
     # optimisation
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # sgd: the paper's; adamw (decoupled weight decay; momentum unused)
     epochs: int = 8
     batch_size: int = 32  # global batch: divided among distributed ranks
     lr: float = 0.02
@@ -102,6 +103,8 @@ class TrainConfig:
                 raise ValueError(f"Expected `{f}` >= 0, but got {getattr(self, f)!r}")
         if self.sampler not in ("random", "class-aware"):
             raise ValueError(f"Expected `sampler` to be one of ('random', 'class-aware'), but got {self.sampler!r}")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"Expected `optimizer` to be one of ('sgd', 'adamw'), but got {self.optimizer!r}")
         if self.amp not in ("none", "bf16", "fp16"):
             raise ValueError(f"Expected `amp` to be one of ('none', 'bf16', 'fp16'), but got {self.amp!r}")
         kinds = DatasetKind.__args__  # type: ignore[attr-defined]

@@ -1,8 +1,9 @@
 """The training loop and evaluation (torchvision-references style, one readable file).
 
 ``train(cfg)`` builds data, model, loss, sampler and optimiser from a :class:`TrainConfig`,
-trains with the paper's schedule (SGD, linear warm-up, step decay, gradient clipping), writes
-an atomic checkpoint every epoch, and evaluates at the end: ``metrics.json`` + ``metrics.md``.
+trains with the paper's schedule (SGD, or AdamW as an option; linear warm-up, step decay,
+gradient clipping), writes an atomic checkpoint every epoch, and evaluates at the end:
+``metrics.json`` + ``metrics.md``.
 Runs in one process or under ``torchrun`` (DistributedDataParallel; only rank 0 logs and saves).
 """
 
@@ -31,13 +32,21 @@ from dbloss.pipeline import DataBundle, build_data
 from dbloss.sampling import ClassAwareSampler
 from dbloss.stats import LabelStats
 
-__all__ = ["NonFiniteLossError", "get_lr", "train", "evaluate_checkpoint", "predict"]
+__all__ = ["NonFiniteLossError", "build_optimizer", "get_lr", "train", "evaluate_checkpoint", "predict"]
 
 log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the iteration and the last good checkpoint."""
+
+
+def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (the paper's) or AdamW (decoupled weight decay), at ``cfg.lr``;
+    the schedule (:func:`get_lr`) sets each step's rate."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def get_lr(cfg: TrainConfig, it: int, epoch: int) -> float:
@@ -246,7 +255,7 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, progress: bool = True
         model = model.to(memory_format=torch.channels_last)
     loss_fn = build_loss(cfg.loss, torch.as_tensor(stats.class_freq), stats.num_samples, **cfg.loss_args).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(params, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
 
     start_epoch, it = 0, 0
@@ -256,9 +265,10 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, progress: bool = True
         if not src.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {src}")
         ckpt = torch.load(src, map_location=device, weights_only=False)
-        for key in ("loss", "dataset", "sampler", "seed", "batch_size"):
-            if ckpt["config"].get(key) != getattr(cfg, key):
-                raise ValueError(f"--resume: checkpoint {src} was trained with {key}={ckpt['config'].get(key)!r}, "
+        saved_cfg = {"optimizer": "sgd", **ckpt["config"]}  # checkpoints from before the option used SGD
+        for key in ("loss", "dataset", "sampler", "seed", "batch_size", "optimizer"):
+            if saved_cfg.get(key) != getattr(cfg, key):
+                raise ValueError(f"--resume: checkpoint {src} was trained with {key}={saved_cfg.get(key)!r}, "
                                  f"but this run has {key}={getattr(cfg, key)!r}")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
