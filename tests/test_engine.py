@@ -213,3 +213,16 @@ def test_adamw_option_trains_and_resume_refuses_a_different_optimizer(feature_fi
         train(sgd, progress=False, resume=True)
     with pytest.raises(ValueError, match="`optimizer` to be one of"):
         load_config(None, feature_overrides(train_f, test_f, out, optimizer="adam"))
+
+
+def test_validation_scores_are_recorded_at_the_selected_threshold(feature_files, tmp_path):
+    train_f, test_f = feature_files
+    out = tmp_path / "val"
+    cfg = load_config(None, feature_overrides(train_f, test_f, out, val_size=120, threshold_search=[0.3, 0.7, 0.05],
+                                              epochs=2))
+    res = train(cfg, progress=False)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["val"]["threshold"] == res["threshold"]
+    assert 0.3 <= res["threshold"] <= 0.7
+    assert 0.0 < saved["val"]["micro_f1"] <= 1.0 and 0.0 <= saved["val"]["macro_f1"] <= 1.0
+    assert saved["num_train"] == 600 - 120

@@ -135,9 +135,14 @@ def select_threshold(scores: torch.Tensor, targets: torch.Tensor, search: list[f
 def _evaluate(model: nn.Module, data: DataBundle, stats: LabelStats, cfg: TrainConfig, device: torch.device,
               env: DistEnv) -> dict[str, Any]:
     threshold = cfg.threshold
-    if cfg.threshold_search and data.val is not None:
-        val_scores = predict(model, data.val, cfg, device, env)
-        threshold = select_threshold(val_scores, _targets(data.val), cfg.threshold_search)
+    val: dict[str, float] | None = None
+    if data.val is not None:
+        val_scores, val_targets = predict(model, data.val, cfg, device, env), _targets(data.val)
+        if cfg.threshold_search:
+            threshold = select_threshold(val_scores, val_targets, cfg.threshold_search)
+        f1 = f1_scores(val_scores, val_targets, threshold=threshold)
+        # validation scores at the chosen threshold: what recipes are tuned on (never the test set)
+        val = {"micro_f1": float(f1["micro_f1"]), "macro_f1": float(f1["macro_f1"]), "threshold": threshold}
     scores = predict(model, data.test, cfg, device, env)
     targets = _targets(data.test)
     res = summarize(scores, targets, stats.split, threshold=threshold, class_names=stats.class_names)
@@ -148,6 +153,8 @@ def _evaluate(model: nn.Module, data: DataBundle, stats: LabelStats, cfg: TrainC
     res.update(name=cfg.name, loss=cfg.loss, sampler=cfg.sampler, dataset=cfg.dataset, class_names=stats.class_names,
                train_class_freq=stats.class_freq.tolist(), split=stats.split, epochs=cfg.epochs, seed=cfg.seed,
                num_train=int(stats.num_samples), num_test=len(data.test))
+    if val is not None:
+        res["val"] = val
     return res
 
 

@@ -6,8 +6,10 @@ It is compiled with :func:`torch.utils.cpp_extension.load` for this machine's ve
 one torch itself dispatches to) the first time it is needed, and cached in
 ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``) under
 ``py<X.Y>_torch<version>/`` (:func:`build_directory`), where torch rebuilds it when the source
-or flags change; the build needs a C++ compiler and takes 10-30 s. Call :func:`build` (or run ``dbloss kernel``, which also checks it
-against the torch path) to build it ahead of time, e.g. before ``torchrun`` starts many processes.
+or flags change (concurrent processes wait on torch's advisory file lock, which a killed
+build does not leave held); the build needs a C++ compiler and takes 10-30 s. Call
+:func:`build` (or run ``dbloss kernel``, which also checks it against the torch path) to build
+it ahead of time, e.g. before ``torchrun`` starts many processes.
 
 :func:`available` tells whether the kernel can be used; when the build fails (no compiler, say)
 the DB losses fall back to the pure-torch path with a one-time warning. Both paths compute the
@@ -42,9 +44,6 @@ _ISA_FLAGS = {
 
 REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 
-#: A build lock older than this is taken to be left by a killed build (a build takes 10-30 s).
-STALE_LOCK_SECONDS = 600.0
-
 
 class KernelBuildError(RuntimeError):
     """The fused kernel could not be compiled or loaded (the message says why)."""
@@ -58,20 +57,6 @@ def build_directory(name: str, default_root: str) -> Path:
     path = root / tag / name
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def _clear_stale_lock(build_dir: Path, max_age_s: float = STALE_LOCK_SECONDS) -> None:
-    """Remove a build lock older than ``max_age_s``: a build killed hard (SIGKILL, power loss)
-    leaves torch's ``lock`` file behind, and torch would then wait for it forever."""
-    lock = build_dir / "lock"
-    try:
-        age = time.time() - lock.stat().st_mtime
-    except FileNotFoundError:
-        return
-    if age > max_age_s:
-        warnings.warn(f"dbloss: removing the stale build lock {lock} ({age / 60:.0f} min old, left by an "
-                      "interrupted build)", RuntimeWarning, stacklevel=3)
-        lock.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -136,7 +121,6 @@ def _load(verbose: bool = False) -> Callable[..., Any]:
     try:
         t0 = time.perf_counter()
         build_dir = build_directory(name, cpp_extension.get_default_build_root())
-        _clear_stale_lock(build_dir)
         with _ninja_on_path():
             cpp_extension.load(name=name, sources=[str(_SOURCE)], extra_cflags=cflags, is_python_module=False,
                                build_directory=str(build_dir), verbose=verbose)
