@@ -701,6 +701,7 @@ def _db_forward(
     y = targets.detach().to(dtype).contiguous()
     inv_freq, bias = class_terms(dtype) if class_terms is not None else _db_class_terms(freq, num_samples, init_bias,
                                                                                         dtype)
+    inv_freq, bias = inv_freq.to(z.device), None if bias is None else bias.to(z.device)  # no-ops when already there
     return fused.db_focal(z, y, inv_freq, bias, alpha=alpha, beta=beta, mu=mu, neg_scale=neg_scale, gamma=gamma,
                           scale=scale, rebalance=rebalance, ignore_index=ignore_index, reduction=reduction)
 
