@@ -226,3 +226,32 @@ def test_validation_scores_are_recorded_at_the_selected_threshold(feature_files,
     assert 0.3 <= res["threshold"] <= 0.7
     assert 0.0 < saved["val"]["micro_f1"] <= 1.0 and 0.0 <= saved["val"]["macro_f1"] <= 1.0
     assert saved["num_train"] == 600 - 120
+
+
+def test_keep_best_tests_the_best_validated_epoch_and_resumes_it(feature_files, tmp_path):
+    from dbloss.engine import evaluate_checkpoint
+
+    train_f, test_f = feature_files
+    common = dict(val_size=120, threshold_search=[0.3, 0.7, 0.05], keep_best=True, lr=0.3, warmup_iters=0,
+                  lr_steps=[])
+    out = tmp_path / "best"
+    res = train(load_config(None, feature_overrides(train_f, test_f, out, epochs=4, **common)), progress=False)
+    vals = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    vals = [r for r in vals if r["type"] == "val"]
+    assert [r["epoch"] for r in vals] == [1, 2, 3, 4]
+    best = max(vals, key=lambda r: (r["micro_f1"], -r["epoch"]))  # the first of equal scores
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["best_epoch"] == res["best_epoch"] == best["epoch"]
+    assert saved["val"]["micro_f1"] == pytest.approx(best["micro_f1"])
+    # the tested model is best.pt: evaluating that file gives the run's test metrics
+    again = evaluate_checkpoint(out / "best.pt", tmp_path / "best_eval", progress=False)
+    assert again["mAP"]["total"] == pytest.approx(res["mAP"]["total"], abs=1e-12)
+    # stopping after epoch 2 and resuming to 4 carries the best-so-far over: same result
+    part = tmp_path / "part"
+    train(load_config(None, feature_overrides(train_f, test_f, part, epochs=2, **common)), progress=False)
+    resumed = train(load_config(None, feature_overrides(train_f, test_f, part, epochs=4, **common)), progress=False,
+                    resume=True)
+    assert resumed["best_epoch"] == res["best_epoch"]
+    assert resumed["mAP"]["total"] == pytest.approx(res["mAP"]["total"], abs=1e-12)
+    with pytest.raises(ValueError, match="`val_size` > 0 with `keep_best`"):
+        load_config(None, feature_overrides(train_f, test_f, out, keep_best=True))

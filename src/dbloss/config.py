@@ -86,6 +86,7 @@ class TrainConfig:
     # evaluation
     threshold: float = 0.5
     threshold_search: list[float] | None = None  # [low, high, step]: pick a global threshold on the val split
+    keep_best: bool = False  # score the val split after every epoch; test the epoch with the best val micro-F1
     eval_batch_size: int = 64
     log_interval: int = 10
     tensorboard: bool = True
@@ -114,6 +115,9 @@ class TrainConfig:
             raise ValueError(f"Expected 0 < `threshold` < 1, but got {self.threshold!r}")
         if self.threshold_search is not None and len(self.threshold_search) != 3:
             raise ValueError(f"Expected `threshold_search` = [low, high, step], but got {self.threshold_search!r}")
+        if self.keep_best and not self.val_size:
+            raise ValueError("Expected `val_size` > 0 with `keep_best` (the best epoch is chosen on the validation "
+                             "split), but got val_size=0")
         if sorted(self.lr_steps) != list(self.lr_steps):
             raise ValueError(f"Expected `lr_steps` in increasing order, but got {self.lr_steps!r}")
         return self

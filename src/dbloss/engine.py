@@ -32,7 +32,8 @@ from dbloss.pipeline import DataBundle, build_data
 from dbloss.sampling import ClassAwareSampler
 from dbloss.stats import LabelStats
 
-__all__ = ["NonFiniteLossError", "build_optimizer", "get_lr", "train", "evaluate_checkpoint", "predict"]
+__all__ = ["NonFiniteLossError", "build_optimizer", "get_lr", "train", "evaluate_checkpoint", "predict",
+           "validation_scores"]
 
 log = logging.getLogger(__name__)
 
@@ -132,17 +133,25 @@ def select_threshold(scores: torch.Tensor, targets: torch.Tensor, search: list[f
     return float(grid[int(np.argmax(f1))])
 
 
+def validation_scores(model: nn.Module, data: DataBundle, cfg: TrainConfig, device: torch.device,
+                      env: DistEnv) -> dict[str, float]:
+    """Micro/macro-F1 on the validation split at the threshold the run will use (searched on it when
+    ``threshold_search`` is set, else ``cfg.threshold``): what recipes and epochs are chosen on."""
+    val_scores, val_targets = predict(model, data.val, cfg, device, env), _targets(data.val)
+    threshold = cfg.threshold
+    if cfg.threshold_search:
+        threshold = select_threshold(val_scores, val_targets, cfg.threshold_search)
+    f1 = f1_scores(val_scores, val_targets, threshold=threshold)
+    return {"micro_f1": float(f1["micro_f1"]), "macro_f1": float(f1["macro_f1"]), "threshold": threshold}
+
+
 def _evaluate(model: nn.Module, data: DataBundle, stats: LabelStats, cfg: TrainConfig, device: torch.device,
               env: DistEnv) -> dict[str, Any]:
     threshold = cfg.threshold
     val: dict[str, float] | None = None
     if data.val is not None:
-        val_scores, val_targets = predict(model, data.val, cfg, device, env), _targets(data.val)
-        if cfg.threshold_search:
-            threshold = select_threshold(val_scores, val_targets, cfg.threshold_search)
-        f1 = f1_scores(val_scores, val_targets, threshold=threshold)
-        # validation scores at the chosen threshold: what recipes are tuned on (never the test set)
-        val = {"micro_f1": float(f1["micro_f1"]), "macro_f1": float(f1["macro_f1"]), "threshold": threshold}
+        val = validation_scores(model, data, cfg, device, env)
+        threshold = val["threshold"]
     scores = predict(model, data.test, cfg, device, env)
     targets = _targets(data.test)
     res = summarize(scores, targets, stats.split, threshold=threshold, class_names=stats.class_names)
@@ -266,7 +275,8 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, progress: bool = True
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
 
     start_epoch, it = 0, 0
-    ckpt_path = out / "checkpoint.pt"
+    ckpt_path, best_path = out / "checkpoint.pt", out / "best.pt"
+    best: dict[str, Any] = {"epoch": 0, "micro_f1": -1.0}  # keep_best: the best validated epoch so far
     if resume:
         src = ckpt_path if resume is True else Path(str(resume))
         if not src.is_file():
@@ -281,6 +291,7 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, progress: bool = True
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         start_epoch, it = ckpt["epoch"], ckpt["iteration"]
+        best = ckpt.get("best", best)
         _set_rng_state(ckpt["rng"], device)
         if env.is_main:
             log.info("resumed from %s at epoch %d (iteration %d)", src, start_epoch, it)
@@ -359,14 +370,33 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, progress: bool = True
         if env.is_main:
             log.info("epoch %d/%d: loss %.4f (%d iterations, %.1f s)", epoch + 1, cfg.epochs, summary["loss"], n_it,
                      summary["seconds"])
+        if cfg.keep_best:
+            val = validation_scores(model, data, cfg, device, env)
+            jlog.write(type="val", epoch=epoch + 1, **val)
+            if val["micro_f1"] > best["micro_f1"]:  # ties keep the earlier epoch
+                best = {"epoch": epoch + 1, **val}
+                if env.is_main:  # evaluate_checkpoint reads this file as it reads checkpoint.pt
+                    save_checkpoint(best_path, {"model": model.state_dict(), "epoch": epoch + 1, "val": val,
+                                                "config": cfg.to_dict(), "label_stats": stats.to_dict()})
+            if env.is_main:
+                log.info("epoch %d/%d: validation micro-F1 %.4f (best: epoch %d, %.4f)", epoch + 1, cfg.epochs,
+                         val["micro_f1"], best["epoch"], best["micro_f1"])
+        if env.is_main:
             save_checkpoint(ckpt_path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "epoch": epoch + 1, "iteration": it, "rng": _rng_state(device), "config": cfg.to_dict(),
-                "label_stats": stats.to_dict(),
+                "label_stats": stats.to_dict(), "best": best,
             })
         barrier(env)
 
+    if cfg.keep_best and best["epoch"] > 0:  # test the best validated epoch, not the last one
+        model.load_state_dict(torch.load(best_path, map_location=device, weights_only=False)["model"])
+        if env.is_main:
+            log.info("testing epoch %d, the best on validation (micro-F1 %.4f)", best["epoch"], best["micro_f1"])
+
     res = _evaluate(model, data, stats, cfg, device, env)
+    if cfg.keep_best:
+        res["best_epoch"] = best["epoch"]
     if env.is_main:
         _write_metrics(out, res)
         jlog.write(type="eval", **{k: res[k] for k in ("mAP", "micro_f1", "macro_f1", "threshold")})
