@@ -21,6 +21,7 @@ from dbloss.stats import DEFAULT_HEAD_MIN, DEFAULT_TAIL_MAX, GROUPS, class_split
 __all__ = [
     "GROUP_COLORS",
     "ap_increment_figure",
+    "class_axis",
     "class_distribution_figure",
     "frequency_order",
     "per_class_ap_figure",
@@ -105,7 +106,8 @@ def shade_groups(ax: Any, split: Mapping[str, Sequence[int]], order: np.ndarray,
     return handles
 
 
-def _class_axis(ax: Any, names: Sequence[str], order: np.ndarray, freq: np.ndarray, with_counts: bool = True) -> None:
+def class_axis(ax: Any, names: Sequence[str], order: np.ndarray, freq: np.ndarray, with_counts: bool = True) -> None:
+    """Label the x axis with one tick per class in ``order`` ("name (count)"), as every per-class figure does."""
     labels = [f"{names[k]} ({freq[k]})" if with_counts else names[k] for k in order]
     ax.set_xticks(np.arange(len(order)))
     fontsize = 8 if len(order) <= 30 else 6
@@ -160,7 +162,7 @@ def per_class_ap_figure(
     ax.set_ylim(0, 102)
     ax.set_ylabel("AP (%)")
     ax.set_title("Per-class AP, classes sorted by training frequency", pad=16)
-    _class_axis(ax, class_names, order, freq)
+    class_axis(ax, class_names, order, freq)
     handles, _ = ax.get_legend_handles_labels()
     ax.legend(handles=handles + group_handles, fontsize=8, loc="lower left", ncol=2, framealpha=0.9)
     ax.grid(axis="y", alpha=0.3)
@@ -208,7 +210,7 @@ def ap_increment_figure(
             h.set_label(f"{h.get_label()}: mean {vals.mean():+.2f}")
     ax.set_ylabel("AP increment (%)")
     ax.set_title(f"Per-class AP increment of {name} over {base_name}", pad=16)
-    _class_axis(ax, class_names, order, freq)
+    class_axis(ax, class_names, order, freq)
     ax.legend(handles=group_handles, fontsize=8, loc="best", framealpha=0.9)
     ax.grid(axis="y", alpha=0.3)
     return fig
@@ -253,7 +255,7 @@ def class_distribution_figure(
         ax.text(len(order) - 0.5, thr, f" {txt}", va="bottom", ha="right", fontsize=8, zorder=4)
     ax.set_ylabel("training images per class" + (" (log)" if log else ""))
     ax.set_title(f"Training class distribution ({len(freq)} classes)", pad=16)
-    _class_axis(ax, class_names, order, freq, with_counts=False)
+    class_axis(ax, class_names, order, freq, with_counts=False)
     ax.legend(handles=handles, fontsize=8, loc="upper right", framealpha=0.9, bbox_to_anchor=(1.0, 0.9))
     ax.grid(axis="y", alpha=0.3)
     return fig

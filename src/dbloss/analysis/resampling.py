@@ -37,7 +37,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from dbloss.analysis.output import write_analysis
-from dbloss.plots import GROUP_COLORS, frequency_order, shade_groups
+from dbloss.plots import GROUP_COLORS, class_axis, frequency_order, shade_groups
 from dbloss.sampling import ClassAwareSampler
 from dbloss.stats import GROUPS, LabelStats, validate_label_matrix
 
@@ -238,10 +238,7 @@ def resampling_figure(a: ResamplingAnalysis) -> Figure:
                   fontsize=10)
     ax2.legend(fontsize=8, loc="upper left")
     ax2.grid(axis="y", alpha=0.3)
-    ax2.set_xticks(x)
-    ax2.set_xticklabels([f"{a.class_names[k]} ({a.class_freq[k]})" for k in order], rotation=90,
-                        fontsize=8 if c <= 30 else 6)
-    ax2.set_xlim(-0.5, c - 0.5)
+    class_axis(ax2, a.class_names, order, a.class_freq)
     return fig
 
 

@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 
 from dbloss.losses.functional import rebalance_weight
 from dbloss.analysis.output import write_analysis
-from dbloss.plots import GROUP_COLORS, frequency_order, shade_groups
+from dbloss.plots import GROUP_COLORS, class_axis, frequency_order, shade_groups
 from dbloss.stats import GROUPS, LabelStats, validate_label_matrix
 
 __all__ = [
@@ -264,10 +264,7 @@ def weight_figure(a: WeightAnalysis) -> Figure:
     shade_groups(ax3, a.split, order)
     ax3.bar(x - 0.2, a.pos_mean_rhat[order], width=0.4, color="#4c72b0", label=r"positives: mean $\hat r$")
     ax3.bar(x + 0.2, a.neg_mean_rhat[order], width=0.4, color="#c44e52", label=r"negatives: mean $\hat r$")
-    ax3.set_xticks(x)
-    ax3.set_xticklabels([f"{a.class_names[k]} ({a.class_freq[k]})" for k in order], rotation=90,
-                        fontsize=8 if c <= 30 else 6)
-    ax3.set_xlim(-0.5, c - 0.5)
+    class_axis(ax3, a.class_names, order, a.class_freq)
     ax3.set_ylim(0, a.alpha + 1.15)
     ax3.set_ylabel(r"mean $\hat r$")
     ax3.set_title(r"(c) per-class mean $\hat r$, classes sorted by frequency", fontsize=10, pad=16)
