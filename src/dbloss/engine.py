@@ -146,11 +146,12 @@ def validation_scores(model: nn.Module, data: DataBundle, cfg: TrainConfig, devi
 
 
 def _evaluate(model: nn.Module, data: DataBundle, stats: LabelStats, cfg: TrainConfig, device: torch.device,
-              env: DistEnv) -> dict[str, Any]:
+              env: DistEnv, val: dict[str, float] | None = None) -> dict[str, Any]:
+    """Test the model; ``val`` is its :func:`validation_scores` when already computed (keep_best)."""
     threshold = cfg.threshold
-    val: dict[str, float] | None = None
-    if data.val is not None:
+    if val is None and data.val is not None:
         val = validation_scores(model, data, cfg, device, env)
+    if val is not None:
         threshold = val["threshold"]
     scores = predict(model, data.test, cfg, device, env)
     targets = _targets(data.test)
@@ -389,12 +390,14 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, progress: bool = True
             })
         barrier(env)
 
+    best_val = None
     if cfg.keep_best and best["epoch"] > 0:  # test the best validated epoch, not the last one
         model.load_state_dict(torch.load(best_path, map_location=device, weights_only=False)["model"])
+        best_val = {k: best[k] for k in ("micro_f1", "macro_f1", "threshold")}  # its scores: no second val pass
         if env.is_main:
             log.info("testing epoch %d, the best on validation (micro-F1 %.4f)", best["epoch"], best["micro_f1"])
 
-    res = _evaluate(model, data, stats, cfg, device, env)
+    res = _evaluate(model, data, stats, cfg, device, env, val=best_val)
     if cfg.keep_best:
         res["best_epoch"] = best["epoch"]
     if env.is_main:
