@@ -109,11 +109,28 @@ def kernel_directory() -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def _load(verbose: bool = False) -> Callable[..., Any]:
-    """Compile (or reuse the cached build of) the kernel and return the registered op.
+def _outcome(verbose: bool = False) -> Callable[..., Any] | KernelBuildError:
+    """The registered op, or the error that prevented building it, cached for the process.
 
-    Cached for the process: a build is attempted at most once (a failure is cached too).
+    lru_cache does not cache a raised exception, so the failure is returned, not raised: a
+    machine without a compiler attempts the build once, not at every loss call.
     """
+    try:
+        return _build_and_load(verbose)
+    except KernelBuildError as exc:
+        return exc
+
+
+def _load(verbose: bool = False) -> Callable[..., Any]:
+    """The kernel's registered op; raise :class:`KernelBuildError` if it cannot be built."""
+    op = _outcome(verbose)
+    if isinstance(op, KernelBuildError):
+        raise KernelBuildError(str(op))
+    return op
+
+
+def _build_and_load(verbose: bool) -> Callable[..., Any]:
+    """Compile (or reuse the cached build of) the kernel and return the registered op."""
     if os.environ.get("DBLOSS_NO_KERNEL"):
         raise KernelBuildError("disabled by the DBLOSS_NO_KERNEL environment variable")
     cpp_extension = _cpp_extension()
@@ -160,10 +177,9 @@ def self_check(batch: int = 64, classes: int = 50, seed: int = 0) -> dict[str, f
 
 def available() -> bool:
     """True when the kernel is built (building it now if needed); warns once and returns False if it cannot be."""
-    try:
-        _load()
-    except KernelBuildError as exc:
-        _warn_once(str(exc))
+    op = _outcome()
+    if isinstance(op, KernelBuildError):
+        _warn_once(str(op))
         return False
     return True
 
