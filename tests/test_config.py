@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from dbloss.config import TrainConfig, list_recipes, load_config, save_config
-from dbloss.engine import get_lr
+from dbloss.engine import get_lr, lr_step_epochs, schedule_warnings
 
 
 def test_shipped_recipes_all_load():
@@ -26,7 +26,8 @@ def test_db_focal_recipes_reproduce_original_release_settings():
     assert coco.loss_args == {"init_bias": 0.025, "neg_scale": 2.0, "mu": 0.2, "scale": 2.0}
     # the paper's optimisation recipe is the default
     assert (voc.lr, voc.batch_size, voc.epochs, voc.lr_steps, voc.grad_clip, voc.warmup_iters) == \
-        (0.02, 32, 8, [5, 7], 35.0, 500)
+        (0.02, 32, 8, [0.625, 0.875], 35.0, 500)
+    assert lr_step_epochs(voc) == [5, 7]  # the paper's decays after epochs 5 and 7 of 8
 
 
 def test_overrides_and_dotted_loss_args(tmp_path):
@@ -59,10 +60,41 @@ def test_errors_name_the_problem(tmp_path):
 
 
 def test_lr_schedule_warmup_and_steps():
-    cfg = TrainConfig(lr=0.02, warmup_iters=500, warmup_ratio=1 / 3, lr_steps=[5, 7], lr_gamma=0.1)
+    cfg = TrainConfig(lr=0.02, warmup_iters=500, warmup_ratio=1 / 3, lr_gamma=0.1, epochs=8)
     assert get_lr(cfg, 0, 0) == pytest.approx(0.02 / 3)
     assert get_lr(cfg, 250, 0) == pytest.approx(0.02 * (1 - 0.5 * (2 / 3)))
     assert get_lr(cfg, 500, 0) == pytest.approx(0.02)
     assert get_lr(cfg, 10_000, 4) == pytest.approx(0.02)
     assert get_lr(cfg, 10_000, 5) == pytest.approx(0.002)
     assert get_lr(cfg, 10_000, 7) == pytest.approx(0.0002)
+
+
+def test_lr_schedule_follows_epochs():
+    """The step decays are fractions of training: 15 epochs keep the 8-epoch shape (5/8, 7/8)."""
+    cfg = load_config("voc_mlt/rs", ["epochs=15"])
+    assert lr_step_epochs(cfg) == [9, 13]
+    lrs = [get_lr(cfg, 10_000, e) for e in range(15)]
+    assert lrs[:9] == [pytest.approx(0.02)] * 9
+    assert lrs[9:13] == [pytest.approx(0.002)] * 4 and lrs[13:] == [pytest.approx(0.0002)] * 2
+    assert sum(lr == pytest.approx(0.0002) for lr in lrs) / 15 <= 1 / 8 + 0.01  # not 8 of 15 epochs at 1/100
+    assert lr_step_epochs(load_config("voc_mlt/rs", ["epochs=4"])) == [3, 4]  # 2.5 rounds half up; 3.5 -> 4
+
+
+def test_absolute_lr_steps_are_refused_and_saved_ones_upgraded():
+    with pytest.raises(ValueError, match=r"fractions of training.*\[5, 7\]"):
+        load_config(None, ["lr_steps=[5, 7]"])
+    cfg = load_config(None, base={"epochs": 8, "lr_steps": [5, 7]})  # a checkpoint of an earlier version
+    assert cfg.lr_steps == [0.625, 0.875] and lr_step_epochs(cfg) == [5, 7]
+
+
+def test_schedule_warnings_name_the_setting():
+    def warn(overrides, num_train=1000, iters=30, samples=960):
+        return " | ".join(schedule_warnings(load_config("demo/rs", overrides), num_train, iters, samples))
+
+    assert warn([]) == ""  # the shipped demo recipe is consistent
+    assert "never happens" in warn(["epochs=1"])
+    assert "warmup_iters=500 is longer than the run" in warn(["warmup_iters=500", "epochs=2"])
+    assert "past the first lr step" in warn(["warmup_iters=200", "epochs=8"])
+    assert "batch_size=64 is larger than the 40 training samples" in warn(["batch_size=64"], num_train=40)
+    assert "sampler_reduce" in warn([], num_train=100, samples=5000)  # a class-aware epoch of 50x the data
+    assert warn(["sampler=random"], num_train=100, samples=5000) == ""

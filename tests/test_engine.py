@@ -46,7 +46,7 @@ def feature_files(tmp_path: Path) -> tuple[Path, Path]:
 
 def feature_overrides(train_f: Path, test_f: Path, out: Path, **extra: object) -> list[str]:
     base = {"dataset": "features", "train_ann": str(train_f), "test_ann": str(test_f), "out_dir": str(out),
-            "neck_dim": 0, "epochs": 3, "batch_size": 32, "lr": 0.05, "warmup_iters": 10, "lr_steps": [2],
+            "neck_dim": 0, "epochs": 3, "batch_size": 32, "lr": 0.05, "warmup_iters": 10, "lr_steps": [0.6],
             "workers": 0, "tensorboard": False, "device": "cpu", "loss": "db-focal", "sampler": "class-aware"}
     base.update(extra)
     return [f"{k}={json.dumps(v)}" for k, v in base.items()]
@@ -255,3 +255,30 @@ def test_keep_best_tests_the_best_validated_epoch_and_resumes_it(feature_files, 
     assert resumed["mAP"]["total"] == pytest.approx(res["mAP"]["total"], abs=1e-12)
     with pytest.raises(ValueError, match="`val_size` > 0 with `keep_best`"):
         load_config(None, feature_overrides(train_f, test_f, out, keep_best=True))
+
+
+def test_patience_stops_early_after_epochs_without_improvement(feature_files, tmp_path):
+    train_f, test_f = feature_files
+    # a constant, large lr: validation micro-F1 peaks early and then wanders
+    common = dict(val_size=120, keep_best=True, lr=0.3, warmup_iters=0, lr_steps=[], epochs=12)
+    full = tmp_path / "full"
+    train(load_config(None, feature_overrides(train_f, test_f, full, **common)), progress=False)
+    vals = [r for r in map(json.loads, (full / "log.jsonl").read_text().splitlines()) if r["type"] == "val"]
+    f1 = [r["micro_f1"] for r in vals]
+    # where patience 2 must stop: the first epoch two epochs after the running best
+    best_epoch, stop = 0, None
+    for e, v in enumerate(f1, start=1):
+        if v > (f1[best_epoch - 1] if best_epoch else -1):
+            best_epoch = e
+        if e - best_epoch >= 2:
+            stop = e
+            break
+    out = tmp_path / "early"
+    res = train(load_config(None, feature_overrides(train_f, test_f, out, patience=2, **common)), progress=False)
+    logged = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines())]
+    epochs_run = [r["epoch"] for r in logged if r["type"] == "epoch"]
+    assert epochs_run == list(range(1, (stop or 12) + 1))
+    assert res["best_epoch"] == best_epoch and res["epochs_run"] == (stop or 12)
+    assert any(r["type"] == "early_stop" for r in logged) == (stop is not None)
+    with pytest.raises(ValueError, match="keep_best=true` with `patience`"):
+        load_config(None, feature_overrides(train_f, test_f, out, patience=2))

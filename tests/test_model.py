@@ -9,8 +9,9 @@ import torchvision
 from dbloss.model import FeatureClassifier, build_model
 
 
-def test_resnet_classifier_shapes_and_frozen_first_stage():
-    model = build_model(20, backbone="resnet18", weights=None, frozen_stages=1)
+def test_resnet_classifier_shapes_and_frozen_first_stage(tmp_path):
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")  # "pretrained" weights
+    model = build_model(20, backbone="resnet18", weights=str(tmp_path / "r18.pth"))  # frozen_stages: 1 by default
     out = model(torch.randn(2, 3, 64, 64))
     assert out.shape == (2, 20)
     stem, layer1, layer2 = model.backbone[0], model.backbone[1], model.backbone[2]
@@ -53,3 +54,38 @@ def test_feature_classifier_linear_and_mlp():
     mlp = build_model(4, input_type="features", in_features=10, neck_dim=16)
     assert mlp(torch.randn(3, 10)).shape == (3, 4)
     assert sum(isinstance(m, torch.nn.Linear) for m in mlp.modules()) == 2
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "small_cnn"])
+def test_from_scratch_freezes_nothing_and_refuses_to_freeze_random_layers(backbone, tmp_path):
+    """Freezing only makes sense for pretrained layers: weights=none trains every parameter."""
+    model = build_model(5, backbone=backbone, weights=None)
+    assert all(p.requires_grad for p in model.parameters())
+    model.train()
+    assert all(m.training for m in model.modules())
+    with pytest.raises(ValueError, match="frozen_stages=1 would freeze randomly initialised layers"):
+        build_model(5, backbone=backbone, weights=None, frozen_stages=1)
+    # with weights, the paper's first stage is frozen by default (small_cnn: its first two conv stages)
+    torch.save(build_model(5, backbone=backbone, weights=None).backbone.state_dict() if backbone == "small_cnn"
+               else torchvision.models.resnet18().state_dict(), tmp_path / "w.pth")
+    pre = build_model(5, backbone=backbone, weights=str(tmp_path / "w.pth"))
+    frozen = [n for n, p in pre.named_parameters() if not p.requires_grad]
+    assert frozen and all(n.startswith(("backbone.0.", "backbone.1.", "backbone.stages.0.", "backbone.stages.1."))
+                          for n in frozen)
+    assert all(p.requires_grad for p in build_model(5, backbone=backbone, weights=str(tmp_path / "w.pth"),
+                                                     frozen_stages=0).parameters())
+
+
+def test_small_cnn_loads_local_weights_and_refuses_hub_names(tmp_path):
+    ref = build_model(3, backbone="small_cnn", weights=None).backbone
+    torch.save(ref.state_dict(), tmp_path / "s.pth")
+    model = build_model(3, backbone="small_cnn", weights=str(tmp_path / "s.pth"))
+    torch.testing.assert_close(model.backbone.stages[2][0].weight, ref.stages[2][0].weight)
+    with pytest.raises(ValueError, match="small_cnn' has no published weights"):
+        build_model(3, backbone="small_cnn", weights="DEFAULT")
+    torch.save({"stages.0.0.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="wrong shape"):
+        build_model(3, backbone="small_cnn", weights=str(tmp_path / "bad.pth"))
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pth: not a readable weights file"):
+        build_model(3, backbone="small_cnn", weights=str(tmp_path / "junk.pth"))

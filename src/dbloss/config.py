@@ -57,7 +57,7 @@ class TrainConfig:
     # model
     backbone: str = "resnet50"
     weights: str | None = "DEFAULT"
-    frozen_stages: int = 1
+    frozen_stages: int | None = None  # None: 1 (the paper's) with pretrained weights, 0 from scratch
     neck_dim: int = 256
     dropout: float = 0.5
     # loss and sampling
@@ -78,7 +78,7 @@ class TrainConfig:
     grad_clip: float | None = 35.0
     warmup_iters: int = 500
     warmup_ratio: float = 1.0 / 3
-    lr_steps: list[int] = field(default_factory=lambda: [5, 7])
+    lr_steps: list[float] = field(default_factory=lambda: [0.625, 0.875])  # fractions of `epochs`: 5/8, 7/8
     lr_gamma: float = 0.1
     amp: Literal["none", "bf16", "fp16"] = "none"
     channels_last: bool = True  # only applied on CUDA
@@ -87,6 +87,7 @@ class TrainConfig:
     threshold: float = 0.5
     threshold_search: list[float] | None = None  # [low, high, step]: pick a global threshold on the val split
     keep_best: bool = False  # score the val split after every epoch; test the epoch with the best val micro-F1
+    patience: int = 0  # with keep_best: stop after this many epochs without a better val micro-F1 (0: never)
     eval_batch_size: int = 64
     log_interval: int = 10
     tensorboard: bool = True
@@ -118,8 +119,20 @@ class TrainConfig:
         if self.keep_best and not self.val_size:
             raise ValueError("Expected `val_size` > 0 with `keep_best` (the best epoch is chosen on the validation "
                              "split), but got val_size=0")
-        if sorted(self.lr_steps) != list(self.lr_steps):
+        steps = [float(v) for v in self.lr_steps]
+        if any(not 0.0 < v < 1.0 for v in steps):
+            raise ValueError(f"Expected `lr_steps` as fractions of training in (0, 1) (the paper's [0.625, 0.875]: "
+                             f"epochs 5 and 7 of 8, whatever `epochs` is), but got {self.lr_steps!r}")
+        if sorted(steps) != steps:
             raise ValueError(f"Expected `lr_steps` in increasing order, but got {self.lr_steps!r}")
+        self.lr_steps = steps
+        if self.patience < 0:
+            raise ValueError(f"Expected `patience` >= 0, but got {self.patience!r}")
+        if self.patience and not self.keep_best:
+            raise ValueError(f"Expected `keep_best=true` with `patience` (early stopping watches the validation "
+                             f"split), but got patience={self.patience} and keep_best=false")
+        if self.frozen_stages is not None and self.frozen_stages < 0:
+            raise ValueError(f"Expected `frozen_stages` >= 0 or null, but got {self.frozen_stages!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -194,6 +207,15 @@ def _apply(data: dict[str, Any], key: str, value: Any, source: str) -> None:
         data[top] = value
 
 
+def _upgrade_saved(data: dict[str, Any]) -> dict[str, Any]:
+    """A configuration saved by an earlier version, in today's terms: ``lr_steps`` were absolute
+    epochs (e.g. ``[5, 7]`` of 8) and become fractions of ``epochs``."""
+    steps, epochs = data.get("lr_steps"), data.get("epochs", 8)
+    if isinstance(steps, list) and steps and all(isinstance(v, (int, float)) and v >= 1 for v in steps):
+        data = {**data, "lr_steps": [min(float(v) / epochs, 0.999) for v in steps]}
+    return data
+
+
 def load_config(recipe: str | Path | None = None, overrides: Sequence[str] = (), *,
                 base: dict[str, Any] | None = None, **kwargs: Any) -> TrainConfig:
     """Resolve a recipe: ``base`` (e.g. a checkpoint's saved configuration), the YAML file (or
@@ -204,7 +226,7 @@ def load_config(recipe: str | Path | None = None, overrides: Sequence[str] = (),
     (2, 'bce')
     """
     data: dict[str, Any] = {}
-    for k, v in (base or {}).items():
+    for k, v in _upgrade_saved(dict(base or {})).items():
         _apply(data, str(k), v, "saved configuration")
     if recipe is not None:
         path = _resolve_recipe(recipe)

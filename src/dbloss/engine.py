@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -26,13 +27,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 from dbloss.config import TrainConfig, save_config
 from dbloss.distributed import DistEnv, barrier, gather_predictions, init_distributed
 from dbloss.losses import build_loss
-from dbloss.metrics import f1_scores, summarize
-from dbloss.model import build_model
+from dbloss.metrics import f1_scores, mean_average_precision, summarize
+from dbloss.model import build_model, is_pretrained, resolve_frozen_stages
 from dbloss.pipeline import DataBundle, build_data
 from dbloss.sampling import ClassAwareSampler
 from dbloss.stats import LabelStats
 
-__all__ = ["NonFiniteLossError", "build_optimizer", "get_lr", "train", "evaluate_checkpoint", "predict",
+__all__ = ["NonFiniteLossError", "build_optimizer", "get_lr", "lr_step_epochs", "schedule_warnings", "train", "evaluate_checkpoint", "predict",
            "validation_scores"]
 
 log = logging.getLogger(__name__)
@@ -50,20 +51,72 @@ def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
+def lr_step_epochs(cfg: TrainConfig) -> list[int]:
+    """The epochs (0-based, the first epoch run at the decayed rate) of the step decays:
+    ``lr_steps`` are fractions of ``cfg.epochs``, rounded half up, so that changing ``epochs``
+    keeps the schedule's shape.
+
+    >>> from dbloss.config import TrainConfig
+    >>> lr_step_epochs(TrainConfig(epochs=8)), lr_step_epochs(TrainConfig(epochs=16))
+    ([5, 7], [10, 14])
+    """
+    return [int(math.floor(f * cfg.epochs + 0.5)) for f in cfg.lr_steps]
+
+
 def get_lr(cfg: TrainConfig, it: int, epoch: int) -> float:
     """Learning rate at global iteration ``it`` in ``epoch`` (0-based): step decay by ``lr_gamma``
-    at each epoch in ``lr_steps``, times mmcv's linear warm-up factor over the first
+    at each epoch of :func:`lr_step_epochs`, times mmcv's linear warm-up factor over the first
     ``warmup_iters`` iterations, which rises from ``warmup_ratio`` to 1.
 
     >>> from dbloss.config import TrainConfig
-    >>> cfg = TrainConfig(lr=0.02, warmup_iters=500, warmup_ratio=1/3, lr_steps=[5, 7])
+    >>> cfg = TrainConfig(lr=0.02, warmup_iters=500, warmup_ratio=1/3, epochs=8)  # steps at 5/8, 7/8
     >>> round(get_lr(cfg, 0, 0), 5), get_lr(cfg, 600, 1), round(get_lr(cfg, 9000, 7), 6)
     (0.00667, 0.02, 0.0002)
     """
-    lr = cfg.lr * cfg.lr_gamma ** sum(epoch >= s for s in cfg.lr_steps)
+    lr = cfg.lr * cfg.lr_gamma ** sum(epoch >= s for s in lr_step_epochs(cfg))
     if it < cfg.warmup_iters:
         lr *= 1 - (1 - it / cfg.warmup_iters) * (1 - cfg.warmup_ratio)
     return lr
+
+
+def schedule_warnings(cfg: TrainConfig, num_train: int, iters_per_epoch: int, samples_per_epoch: int) -> list[str]:
+    """What in a run's settings would silently weaken it, each as a sentence naming the setting:
+    a step decay that never happens or happens twice at once, a warm-up longer than the run or
+    past the first decay, a batch larger than the data, a sampler epoch far from the data's size.
+
+    Args:
+        num_train: training samples; iters_per_epoch: optimiser steps per epoch (one rank);
+        samples_per_epoch: samples one epoch draws (all ranks).
+    """
+    out = []
+    steps = lr_step_epochs(cfg)
+    for frac, ep in zip(cfg.lr_steps, steps):
+        if ep >= cfg.epochs:
+            out.append(f"lr step at {frac:g} of training falls at epoch {ep + 1} of {cfg.epochs}: it never happens "
+                       f"(the whole run is at the full rate)")
+        elif ep <= 0:
+            out.append(f"lr step at {frac:g} of training falls at epoch 1 of {cfg.epochs}: the run never trains at "
+                       f"the full rate")
+    if len(set(s for s in steps if 0 < s < cfg.epochs)) < len([s for s in steps if 0 < s < cfg.epochs]):
+        out.append(f"lr_steps {cfg.lr_steps} put two decays in the same epoch with epochs={cfg.epochs} ({steps})")
+    total = iters_per_epoch * cfg.epochs
+    if cfg.warmup_iters and cfg.warmup_iters >= total:
+        out.append(f"warmup_iters={cfg.warmup_iters} is longer than the run ({total} iterations): the learning rate "
+                   f"never reaches lr={cfg.lr:g}")
+    else:
+        first = min((s for s in steps if 0 < s < cfg.epochs), default=None)
+        if first is not None and cfg.warmup_iters > first * iters_per_epoch:
+            out.append(f"warmup_iters={cfg.warmup_iters} runs past the first lr step (epoch {first + 1}, iteration "
+                       f"{first * iters_per_epoch}): the rate decays before it has reached lr={cfg.lr:g}")
+    if cfg.batch_size > num_train:
+        out.append(f"batch_size={cfg.batch_size} is larger than the {num_train} training samples")
+    if cfg.sampler == "class-aware":
+        ratio = samples_per_epoch / max(num_train, 1)
+        if ratio > 16 or ratio < 0.25:
+            out.append(f"a class-aware epoch draws {samples_per_epoch} samples, {ratio:.2g}x the {num_train} training "
+                       f"samples (max class count x classes / sampler_reduce={cfg.sampler_reduce}): every "
+                       f"epoch-based setting (epochs, lr_steps) is stretched by that factor; adjust `sampler_reduce`")
+    return out
 
 
 def resolve_device(device: str, env: DistEnv) -> torch.device:
@@ -142,7 +195,11 @@ def validation_scores(model: nn.Module, data: DataBundle, cfg: TrainConfig, devi
     if cfg.threshold_search:
         threshold = select_threshold(val_scores, val_targets, cfg.threshold_search)
     f1 = f1_scores(val_scores, val_targets, threshold=threshold)
-    return {"micro_f1": float(f1["micro_f1"]), "macro_f1": float(f1["macro_f1"]), "threshold": threshold}
+    with warnings.catch_warnings():  # a small hold-out may lack a rare class: its AP is left out (NaN)
+        warnings.simplefilter("ignore")
+        val_map = float(mean_average_precision(val_scores, val_targets)["total"])
+    return {"micro_f1": float(f1["micro_f1"]), "macro_f1": float(f1["macro_f1"]), "mAP": val_map,
+            "threshold": threshold}
 
 
 def _evaluate(model: nn.Module, data: DataBundle, stats: LabelStats, cfg: TrainConfig, device: torch.device,
@@ -268,6 +325,12 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, progress: bool = True
     model = build_model(len(data.class_names), input_type=data.input_type, backbone=cfg.backbone,
                         weights=cfg.weights, frozen_stages=cfg.frozen_stages, neck_dim=cfg.neck_dim,
                         dropout=cfg.dropout, in_features=data.in_features).to(device)
+    if env.is_main and data.input_type == "image":
+        n_frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+        n_all = sum(p.numel() for p in model.parameters())
+        origin = f"weights={cfg.weights}" if is_pretrained(cfg.weights) else "from scratch (weights=none)"
+        log.info("model: %s, %s; frozen stages: %d (%d of %d parameters frozen)", cfg.backbone, origin,
+                 resolve_frozen_stages(cfg.frozen_stages, cfg.weights), n_frozen, n_all)
     if device.type == "cuda" and cfg.channels_last and data.input_type == "image":
         model = model.to(memory_format=torch.channels_last)
     loss_fn = build_loss(cfg.loss, torch.as_tensor(stats.class_freq), stats.num_samples, **cfg.loss_args).to(device)
@@ -314,7 +377,17 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, progress: bool = True
         sampler = DistributedSampler(data.train, num_replicas=env.world_size, rank=env.rank, shuffle=True,
                                      seed=cfg.seed)
     loader_gen = torch.Generator()
-    loader = _loader(data.train, per_rank, sampler, cfg, device, generator=loader_gen)
+    per_epoch = len(sampler)  # samples this rank draws per epoch
+    # a last batch of one sample breaks batch norm in training mode: drop it (it is 1 of the epoch's samples)
+    drop_last = per_epoch % per_rank == 1 and per_epoch > 1
+    loader = _loader(data.train, per_rank, sampler, cfg, device, generator=loader_gen, drop_last=drop_last)
+    if env.is_main:
+        for message in schedule_warnings(cfg, len(data.train), len(loader), per_epoch * env.world_size):
+            log.warning("%s", message)
+        log.info("schedule: %d epochs of %d iterations (%d samples), lr %g decayed x%g at epochs %s, %d warm-up "
+                 "iterations%s", cfg.epochs, len(loader), per_epoch * env.world_size, cfg.lr, cfg.lr_gamma,
+                 [e + 1 for e in lr_step_epochs(cfg)], cfg.warmup_iters,
+                 "; the last sample of each epoch is dropped (a batch of one)" if drop_last else "")
 
     writer = None
     if env.is_main and cfg.tensorboard:
@@ -324,7 +397,11 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, progress: bool = True
     jlog = _JsonLog(out / "log.jsonl" if env.is_main else None)
     show = progress and env.is_main
 
+    last_epoch = start_epoch
     for epoch in range(start_epoch, cfg.epochs):
+        if cfg.patience and best["epoch"] and epoch - best["epoch"] >= cfg.patience:
+            break  # resumed after an early stop
+        last_epoch = epoch + 1
         sampler.set_epoch(epoch)
         loader_gen.manual_seed(cfg.seed + epoch)  # worker seeds for this epoch
         net.train()
@@ -389,17 +466,24 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, progress: bool = True
                 "label_stats": stats.to_dict(), "best": best,
             })
         barrier(env)
+        if cfg.patience and epoch + 1 - best["epoch"] >= cfg.patience:  # every rank sees the same val scores
+            if env.is_main:
+                log.info("early stop after epoch %d: no better validation micro-F1 for %d epochs (best: epoch %d)",
+                         epoch + 1, cfg.patience, best["epoch"])
+            jlog.write(type="early_stop", epoch=epoch + 1, best_epoch=best["epoch"])
+            break
 
     best_val = None
     if cfg.keep_best and best["epoch"] > 0:  # test the best validated epoch, not the last one
         model.load_state_dict(torch.load(best_path, map_location=device, weights_only=False)["model"])
-        best_val = {k: best[k] for k in ("micro_f1", "macro_f1", "threshold")}  # its scores: no second val pass
+        best_val = {k: best[k] for k in ("micro_f1", "macro_f1", "mAP", "threshold") if k in best}  # its scores: no second val pass
         if env.is_main:
             log.info("testing epoch %d, the best on validation (micro-F1 %.4f)", best["epoch"], best["micro_f1"])
 
     res = _evaluate(model, data, stats, cfg, device, env, val=best_val)
     if cfg.keep_best:
         res["best_epoch"] = best["epoch"]
+        res["epochs_run"] = max(start_epoch, last_epoch)
     if env.is_main:
         _write_metrics(out, res)
         jlog.write(type="eval", **{k: res[k] for k in ("mAP", "micro_f1", "macro_f1", "threshold")})
@@ -428,7 +512,7 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, overrides: 
         raise ValueError(f"the evaluation data's classes {data.class_names[:5]}... differ from the checkpoint's "
                          f"{stats.class_names[:5]}...")
     model = build_model(len(data.class_names), input_type=data.input_type, backbone=cfg.backbone, weights=None,
-                        frozen_stages=cfg.frozen_stages, neck_dim=cfg.neck_dim, dropout=cfg.dropout,
+                        frozen_stages=0, neck_dim=cfg.neck_dim, dropout=cfg.dropout,  # no training: nothing to freeze
                         in_features=data.in_features).to(device)
     model.load_state_dict(ckpt["model"])
     res = _evaluate(model, data, stats, cfg, device, env)

@@ -16,7 +16,8 @@ import torch
 import torchvision
 from torch import nn
 
-__all__ = ["MultiLabelClassifier", "FeatureClassifier", "build_model", "build_backbone", "SmallConvNet"]
+__all__ = ["MultiLabelClassifier", "FeatureClassifier", "build_model", "build_backbone", "SmallConvNet",
+           "is_pretrained", "resolve_frozen_stages"]
 
 
 class Neck(nn.Module):
@@ -34,26 +35,80 @@ class Neck(nn.Module):
 
 
 class SmallConvNet(nn.Module):
-    """A small CNN for CPU demos: four conv-BN-ReLU stages, (B, 3, H, W) -> (B, 32 * width, H/16, W/16)."""
+    """A small CNN for CPU demos: four conv-BN-ReLU-maxpool stages, (B, 3, H, W) -> (B, 32 * width, H/16, W/16).
+
+    ``stages`` holds the four stages (the first is the "stem" that ``frozen_stages`` counts like a
+    ResNet's stem + first stage), so the paper's "freeze the first stage" applies to it as well.
+    """
 
     def __init__(self, width: int = 2) -> None:
         super().__init__()
         chans = [3, 16 * width, 32 * width, 64 * width, 128 * width]
-        layers: list[nn.Module] = []
-        for cin, cout in zip(chans[:-1], chans[1:]):
-            layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(2)]
-        self.features = nn.Sequential(*layers)
+        self.stages = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                          nn.MaxPool2d(2))
+            for cin, cout in zip(chans[:-1], chans[1:]))
         self.out_features = chans[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+
+def is_pretrained(weights: str | None) -> bool:
+    """Whether a ``weights`` setting loads pretrained weights (anything but ``None`` / ``"none"``)."""
+    return weights not in (None, "none", "None", "")
+
+
+def resolve_frozen_stages(frozen_stages: int | None, weights: str | None) -> int:
+    """The number of stages to freeze: ``None`` means the paper's 1 with pretrained weights and 0
+    without (random layers are never frozen); an explicit request to freeze random layers raises.
+
+    >>> resolve_frozen_stages(None, "DEFAULT"), resolve_frozen_stages(None, None), resolve_frozen_stages(0, "x.pth")
+    (1, 0, 0)
+    """
+    if frozen_stages is None:
+        return 1 if is_pretrained(weights) else 0
+    if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int) or frozen_stages < 0:
+        raise ValueError(f"Expected `frozen_stages` to be None or an int >= 0, but got {frozen_stages!r}")
+    if frozen_stages > 0 and not is_pretrained(weights):
+        raise ValueError(f"frozen_stages={frozen_stages} would freeze randomly initialised layers (weights={weights!r}): "
+                         "frozen layers never learn, and their batch norms keep their initial statistics. Freeze "
+                         "only pretrained layers: set frozen_stages=0 (or leave it unset) or give `weights`")
+    return frozen_stages
+
+
+def _load_local(model: nn.Module, path: Path, name: str) -> None:
+    """Load a local state dict into ``model``; the classifier (``fc.``/``classifier.``/``head``) may be absent."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a corrupt file or one that is not a state dict
+        raise ValueError(f"{path}: not a readable weights file ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict (a mapping of tensor names), got {type(state).__name__}")
+    own = model.state_dict()
+    wrong = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)
+             and not k.startswith(("fc.", "classifier.", "head"))]
+    if wrong:
+        raise ValueError(f"{path}: weights do not match backbone {name!r}; wrong shape for {wrong[:5]}")
+    state = {k: v for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    missing, _ = model.load_state_dict(state, strict=False)
+    bad = [k for k in missing if not k.startswith(("fc.", "classifier.", "head"))]
+    if bad:
+        raise ValueError(f"{path}: weights do not match backbone {name!r}; missing {bad[:5]}")
+
+
+def _freeze(stages: list[nn.Module], n: int) -> None:
+    for stage in stages[:n]:
+        for p in stage.parameters():
+            p.requires_grad_(False)
 
 
 def build_backbone(
     name: str,
     weights: str | None = None,
-    frozen_stages: int = 1,
+    frozen_stages: int | None = None,
 ) -> tuple[nn.Module, int]:
     """A feature extractor (B, 3, H, W) -> (B, F, h, w) and its channel count F.
 
@@ -62,40 +117,47 @@ def build_backbone(
             name (``"resnet50"``, ``"resnet18"``, ``"convnext_tiny"``, ...).
         weights: ``None``/``"none"`` (random init), a torchvision weights name such as
             ``"DEFAULT"`` or ``"IMAGENET1K_V1"`` (downloaded by torchvision when not cached), or a
-            path to a local ``.pth`` state dict of the torchvision model.
-        frozen_stages: for ResNets, freeze the stem and the first ``frozen_stages`` residual
-            stages (the paper freezes 1). Ignored for other backbones.
+            path to a local ``.pth`` state dict of the model (e.g. written by ``dbloss pretrain``).
+        frozen_stages: freeze the stem and the first ``frozen_stages`` stages (ResNets: stem +
+            ``layer1`` ... ; ``small_cnn``: its first ``frozen_stages + 1`` conv stages, the first
+            counting as the stem). ``None`` (default): the paper's 1 with pretrained weights, 0
+            without; freezing random layers is an error (:func:`resolve_frozen_stages`). Other
+            backbones cannot be frozen by stage: a request > 0 raises.
     """
-    if name == "small_cnn":
-        net = SmallConvNet()
-        return net, net.out_features
-    if name not in torchvision.models.list_models(module=torchvision.models):
-        valid = ", ".join(["small_cnn"] + torchvision.models.list_models(module=torchvision.models)[:8])
-        raise ValueError(f"Unknown backbone {name!r}; expected 'small_cnn' or a torchvision model name ({valid}, ...)")
-    tv_weights = None
+    frozen = resolve_frozen_stages(frozen_stages, weights)
     local: Path | None = None
-    if weights not in (None, "none", "None"):
+    tv_weights = None
+    if is_pretrained(weights):
         if Path(str(weights)).suffix in (".pth", ".pt") or Path(str(weights)).exists():
             local = Path(str(weights))
             if not local.is_file():
                 raise FileNotFoundError(f"backbone weights file not found: {local}")
         else:
             tv_weights = weights
+    if name == "small_cnn":
+        if tv_weights is not None:
+            raise ValueError(f"backbone 'small_cnn' has no published weights; expected weights=none or a local "
+                             f".pth file (e.g. from `dbloss pretrain`), but got {weights!r}")
+        net = SmallConvNet()
+        if local is not None:
+            _load_local(net, local, name)
+        _freeze(list(net.stages), frozen + 1 if frozen > 0 else 0)
+        return net, net.out_features
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        valid = ", ".join(["small_cnn"] + torchvision.models.list_models(module=torchvision.models)[:8])
+        raise ValueError(f"Unknown backbone {name!r}; expected 'small_cnn' or a torchvision model name ({valid}, ...)")
     model = torchvision.models.get_model(name, weights=tv_weights)
     if local is not None:
-        state = torch.load(local, map_location="cpu", weights_only=True)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        bad = [k for k in missing if not k.startswith(("fc.", "classifier.", "head"))]
-        if bad:
-            raise ValueError(f"{local}: weights do not match backbone {name!r}; missing {bad[:5]}")
+        _load_local(model, local, name)
     if hasattr(model, "fc") and hasattr(model, "layer1"):  # ResNet family
         feat_dim = model.fc.in_features
         stages = [nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool),
                   model.layer1, model.layer2, model.layer3, model.layer4]
-        for stage in stages[: frozen_stages + 1 if frozen_stages > 0 else 0]:
-            for p in stage.parameters():
-                p.requires_grad_(False)
+        _freeze(stages, frozen + 1 if frozen > 0 else 0)
         return nn.Sequential(*stages), feat_dim
+    if frozen > 0:
+        raise ValueError(f"frozen_stages={frozen}: backbone {name!r} has no ResNet stages to freeze; "
+                         "set frozen_stages=0")
     if hasattr(model, "features"):  # VGG, DenseNet, EfficientNet, ConvNeXt, MobileNet...
         with torch.no_grad():
             model.eval()
@@ -152,7 +214,7 @@ def build_model(
     input_type: Literal["image", "features"] = "image",
     backbone: str = "resnet50",
     weights: str | None = None,
-    frozen_stages: int = 1,
+    frozen_stages: int | None = None,
     neck_dim: int = 256,
     dropout: float = 0.5,
     in_features: int | None = None,
