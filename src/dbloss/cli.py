@@ -1,5 +1,5 @@
-"""The ``dbloss`` command: ``train``, ``evaluate``, ``demo``, ``report``, ``analyze``, ``data``, ``recipes``,
-``kernel``.
+"""The ``dbloss`` command: ``train``, ``evaluate``, ``demo``, ``pretrain``, ``report``, ``analyze``, ``data``,
+``recipes``, ``kernel``.
 
 Each sub-command is a small function taking the parsed arguments; the work lives in the
 library modules. ``python -m dbloss`` is the same command (what ``torchrun -m dbloss`` runs).
@@ -49,7 +49,28 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from dbloss.demo import run_demo
 
-    run_demo(args.out, recipes=args.recipes, epochs=args.epochs, progress=not args.no_progress)
+    run_demo(args.out, recipes=args.recipes, seeds=args.seeds, setting=args.setting, epochs=args.epochs,
+             progress=not args.no_progress, overrides=args.set, readme=args.readme, figures=args.figures,
+             reuse=not args.fresh)
+    return 0
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from dbloss.pretrain import PretrainConfig, builtin_weights, pretrain
+
+    settings = dict(backbone=args.backbone, image_size=args.image_size, epochs=args.epochs,
+                    batch_size=args.batch_size, lr=args.lr, seed=args.seed, workers=args.workers, device=args.device)
+    if args.data == "builtin":
+        path = builtin_weights(args.cache, per_class=args.per_class, progress=not args.no_progress, **settings)
+        record = json.loads(path.with_suffix(".json").read_text())
+    else:
+        if not args.out:
+            raise ValueError("`dbloss pretrain FOLDER` needs --out WEIGHTS.pth")
+        path = Path(args.out)
+        record = pretrain(args.data, path, PretrainConfig(**settings), progress=not args.no_progress)
+    acc = record.get("val_accuracy")
+    print(f"{path}: {record['config']['backbone']} pretrained on {len(record['classes'])} classes "
+          f"(validation top-1 {'n/a' if acc is None else f'{100 * acc:.1f}%'}); fine-tune with weights={path}")
     return 0
 
 
@@ -177,12 +198,40 @@ def get_args_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=_cmd_evaluate)
 
-    d = sub.add_parser("demo", help="the main job: built-in demo data, ERM vs RS vs DB-Focal, table and figure")
+    d = sub.add_parser("demo", help="the main job: built-in data, pretrained backbone fine-tuned with ERM / RS / "
+                       "DB-Focal over 3 seeds, table and figures")
     d.add_argument("--out", default="runs/demo")
-    d.add_argument("--recipes", nargs="+", default=None, help="demo recipes to run (default: erm rs db_focal)")
+    d.add_argument("--recipes", nargs="+", default=None,
+                   help="demo recipes to run (default: erm rs db_focal; `all`: every row of the paper's comparison)")
+    d.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds per recipe (default: 0 1 2)")
+    d.add_argument("--setting", choices=["pretrained", "scratch"], default="pretrained",
+                   help="pretrained (default): fine-tune a backbone pretrained on the built-in balanced source set, "
+                   "the paper's regime; scratch: the same network from random initialisation")
     d.add_argument("--epochs", type=int, default=None, help="override the demo recipes' epochs")
+    d.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides for every recipe")
+    d.add_argument("--readme", help="also write the table into this Markdown file's demo block (README.md)")
+    d.add_argument("--figures", help="with --readme: folder for the figures (default: docs/figures beside it)")
+    d.add_argument("--fresh", action="store_true", help="retrain finished runs instead of reusing them")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=_cmd_demo)
+
+    pt = sub.add_parser("pretrain", help="pretrain a backbone on a balanced single-label image folder (or the "
+                        "built-in source set) and write weights that `weights=PATH` loads")
+    pt.add_argument("data", help="an ImageFolder tree ROOT/<class>/<image>, or `builtin` (the built-in source set)")
+    pt.add_argument("--out", help="weights file to write (.pth); for `builtin`: see --cache")
+    pt.add_argument("--cache", default="demo_data/pretrained",
+                    help="for `builtin`: where the source set and the weights are cached (default: demo_data/pretrained)")
+    pt.add_argument("--backbone", default="small_cnn", help="small_cnn or a torchvision model name (default small_cnn)")
+    pt.add_argument("--image-size", type=int, default=32)
+    pt.add_argument("--epochs", type=int, default=6)
+    pt.add_argument("--batch-size", type=int, default=64)
+    pt.add_argument("--lr", type=float, default=0.1)
+    pt.add_argument("--per-class", type=int, default=300, help="for `builtin`: source images per class")
+    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--workers", type=int, default=0)
+    pt.add_argument("--device", default="auto")
+    pt.add_argument("--no-progress", action="store_true")
+    pt.set_defaults(func=_cmd_pretrain)
 
     r = sub.add_parser("report", help="gather finished runs into a Markdown + HTML report")
     r.add_argument("runs", nargs="+", help="run directories (each with metrics.json)")

@@ -30,6 +30,7 @@ from dbloss.losses import build_loss
 from dbloss.metrics import f1_scores, mean_average_precision, summarize
 from dbloss.model import build_model, is_pretrained, resolve_frozen_stages
 from dbloss.pipeline import DataBundle, build_data
+from dbloss.pretrain import BUILTIN_WEIGHTS, resolve_weights
 from dbloss.sampling import ClassAwareSampler
 from dbloss.stats import LabelStats
 
@@ -322,8 +323,14 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, progress: bool = True
     stats = LabelStats.from_labels(data.train_labels, data.class_names, head_min=cfg.head_min, tail_max=cfg.tail_max)
     if env.is_main:
         stats.save(out / "label_stats.json")
+    weights = cfg.weights
+    if weights == BUILTIN_WEIGHTS and data.input_type == "image":  # made once (by rank 0), then cached
+        if env.is_main:
+            weights = resolve_weights(weights, cfg.backbone, cfg.image_size, cfg.data_root, progress=progress)
+        barrier(env)
+        weights = resolve_weights(cfg.weights, cfg.backbone, cfg.image_size, cfg.data_root, progress=False)
     model = build_model(len(data.class_names), input_type=data.input_type, backbone=cfg.backbone,
-                        weights=cfg.weights, frozen_stages=cfg.frozen_stages, neck_dim=cfg.neck_dim,
+                        weights=weights, frozen_stages=cfg.frozen_stages, neck_dim=cfg.neck_dim,
                         dropout=cfg.dropout, in_features=data.in_features).to(device)
     if env.is_main and data.input_type == "image":
         n_frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)

@@ -28,7 +28,7 @@ import numpy as np
 from dbloss.plots import ap_increment_figure, class_distribution_figure, per_class_ap_figure, save_figure
 from dbloss.stats import DEFAULT_HEAD_MIN, DEFAULT_TAIL_MAX, GROUPS, LabelStats, class_split
 
-__all__ = ["load_runs", "results_table", "select_increment_pair", "write_report"]
+__all__ = ["load_runs", "results_table", "seed_summary", "seed_table", "select_increment_pair", "write_report"]
 
 _REQUIRED = ("name", "loss", "sampler", "mAP")
 _COLUMNS = ("Run", "Loss", "Sampler", "mAP", "Head", "Medium", "Tail", "Micro-F1", "Macro-F1")
@@ -119,6 +119,59 @@ def results_table(runs: Sequence[dict[str, Any]]) -> str:
     esc = lambda s: s.replace("|", "\\|")  # noqa: E731
     lines = ["| " + " | ".join(_COLUMNS) + " |", "| " + " | ".join(["---"] * 3 + ["---:"] * 6) + " |"]
     lines += ["| " + " | ".join(esc(c) for c in _row(r)) + " |" for r in runs]
+    return "\n".join(lines)
+
+
+_SEED_METRICS = ("total", *GROUPS, "micro_f1", "macro_f1")
+
+
+def _metric(run: dict[str, Any], key: str) -> float:
+    v = run.get("mAP", {}).get(key) if key in ("total", *GROUPS) else run.get(key)
+    return float("nan") if v is None else float(v)
+
+
+def seed_summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and sample standard deviation over the seeds of one row (``runs``: its ``metrics.json``
+    dicts, the same recipe with different seeds): ``{"name", "loss", "sampler", "seeds", "mean": {...},
+    "sd": {...}, "per_class_ap": mean per-class AP}`` with the keys of the table (``total``, the groups,
+    ``micro_f1``, ``macro_f1``); sd is NaN for a single seed.
+
+    >>> runs = [{"name": "rs", "loss": "bce", "sampler": "class-aware", "seed": s, "per_class_ap": [a, None],
+    ...          "mAP": {"total": a, "head": a, "medium": a, "tail": a}, "micro_f1": a, "macro_f1": a}
+    ...         for s, a in ((0, 0.5), (1, 0.7))]
+    >>> row = seed_summary(runs); round(row["mean"]["total"], 3), round(row["sd"]["total"], 4), row["per_class_ap"]
+    (0.6, 0.1414, [0.6, None])
+    """
+    if not runs:
+        raise ValueError("Expected at least one run for a seed summary, but got none")
+    first = runs[0]
+    mean, sd = {}, {}
+    for key in _SEED_METRICS:
+        vals = np.array([_metric(r, key) for r in runs], dtype=np.float64)
+        vals = vals[np.isfinite(vals)]
+        mean[key] = float(vals.mean()) if vals.size else float("nan")
+        sd[key] = float(vals.std(ddof=1)) if vals.size > 1 else float("nan")
+    ap = np.array([[np.nan if v is None else v for v in r.get("per_class_ap", [])] for r in runs], dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        per_class = [None if not np.isfinite(v) else float(v)
+                     for v in (np.nanmean(ap, axis=0) if np.isfinite(ap).any() else ap[0])]
+    return {"name": first.get("name"), "loss": first.get("loss"), "sampler": first.get("sampler"),
+            "seeds": [r.get("seed") for r in runs], "mean": mean, "sd": sd, "per_class_ap": per_class}
+
+
+def _pm(mean: float, sd: float) -> str:
+    if not np.isfinite(mean):
+        return "–"
+    return f"{100 * mean:.2f}" + ("" if not np.isfinite(sd) else f" ± {100 * sd:.2f}")
+
+
+def seed_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table of :func:`seed_summary` rows: mean ± sample sd over seeds, x100."""
+    lines = ["| " + " | ".join(_COLUMNS) + " |", "| " + " | ".join(["---"] * 3 + ["---:"] * 6) + " |"]
+    for r in rows:
+        cells = [str(r["name"]), str(r["loss"]), str(r["sampler"])]
+        cells += [_pm(r["mean"][k], r["sd"][k]) for k in _SEED_METRICS]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
 
 

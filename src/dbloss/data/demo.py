@@ -62,7 +62,7 @@ from torchvision.io import write_png
 
 from dbloss.data.longtail import make_longtail_subset
 
-__all__ = ["DEMO_CLASSES", "DEMO_PARTNERS", "DemoPaths", "generate_demo_dataset"]
+__all__ = ["DEMO_CLASSES", "DEMO_PARTNERS", "DemoPaths", "generate_demo_dataset", "generate_source_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -605,3 +605,69 @@ def generate_demo_dataset(
         out, len(train), len(test), time.perf_counter() - start,
     )
     return paths
+
+
+# ----------------------------------------------------------------------------------------
+# The balanced single-object source set (the stand-in for ImageNet)
+# ----------------------------------------------------------------------------------------
+
+#: Split id of the source set's random streams (train 1, test 2): its images are never the demo's.
+_SOURCE_SPLIT = 3
+
+
+def generate_source_dataset(
+    out_dir: str | os.PathLike[str],
+    *,
+    per_class: int = 300,
+    seed: int = 0,
+    image_size: int = 64,
+    force: bool = False,
+) -> Path:
+    """Write (or reuse) a *balanced, single-label* source set: ``per_class`` scenes of one object
+    per class, drawn like the demo images (same classes, backgrounds, distractors and noise, but
+    from random streams of their own), as an ``ImageFolder`` tree ``OUT_DIR/<class>/000001.png``.
+
+    It plays the part of ImageNet for the demo: a large balanced single-label task on which a
+    backbone is pretrained (``dbloss pretrain``) before it is fine-tuned on the small long-tailed
+    multi-label target, as the paper fine-tunes an ImageNet ResNet-50 on VOC-MLT / COCO-MLT
+    (ImageNet, too, holds most of VOC's classes as single-label categories). A complete set with
+    the same parameters (``manifest.json``) is reused.
+
+    Returns:
+        ``out_dir`` (the ImageFolder root).
+    """
+    for name, value, low in (("per_class", per_class, 1), ("image_size", image_size, 32)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"Expected `{name}` to be an int >= {low}, but got {value!r}")
+    out = Path(out_dir)
+    params = {"version": DEMO_VERSION, "kind": "source", "per_class": int(per_class), "seed": int(seed),
+              "image_size": int(image_size)}
+    manifest = out / "manifest.json"
+    try:
+        if not force and json.loads(manifest.read_text()).get("parameters") == params and all(
+                sum(1 for _ in (out / c).glob("*.png")) == per_class for c in DEMO_CLASSES):
+            logger.info("reusing the source dataset in %s", out)
+            return out
+    except (OSError, json.JSONDecodeError):
+        pass
+    start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    manifest.unlink(missing_ok=True)
+    for k, name in enumerate(DEMO_CLASSES):
+        folder = out / name
+        if folder.is_dir():
+            foreign = [p.name for p in folder.iterdir() if not (p.is_file() and _IMAGE_NAME.match(p.name))]
+            if foreign:
+                raise FileExistsError(f"{folder} holds files that the generator did not write (e.g. {foreign[0]!r}); "
+                                      "choose another output folder")
+            shutil.rmtree(folder)
+        folder.mkdir()
+        row = np.zeros(len(DEMO_CLASSES), dtype=np.int64)
+        row[k] = 1
+        for i in range(per_class):
+            img, _ = _render(row, np.random.default_rng([seed, _SOURCE_SPLIT, k, i]), image_size)
+            write_png(img, str(folder / f"{i + 1:06d}.png"), compression_level=6)
+    manifest.write_text(json.dumps({"parameters": params, "classes": list(DEMO_CLASSES)}, indent=1))  # last: complete
+    logger.info("source dataset written to %s: %d classes x %d images in %.1f s", out, len(DEMO_CLASSES), per_class,
+                time.perf_counter() - start)
+    return out
