@@ -134,3 +134,8 @@ def test_demo_end_to_end_pretrains_once_and_reports_seed_statistics(tmp_path, ca
     capsys.readouterr()
     assert main(args) == 0
     assert capsys.readouterr().out.count("reused") == 4
+    # the first run pretrained in its own process; retrained with the cached weights, it is the same run
+    (out / "rs" / "seed0" / "metrics.json").unlink()
+    assert main(args) == 0
+    again = json.loads((out / "results.json").read_text())["rows"][0]["runs"][0]
+    assert again["mAP"]["total"] == pytest.approx(maps[0], abs=1e-12)

@@ -326,7 +326,8 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, progress: bool = True
     weights = cfg.weights
     if weights == BUILTIN_WEIGHTS and data.input_type == "image":  # made once (by rank 0), then cached
         if env.is_main:
-            weights = resolve_weights(weights, cfg.backbone, cfg.image_size, cfg.data_root, progress=progress)
+            with torch.random.fork_rng(devices=[]):  # pretraining here or not: the same initial model
+                resolve_weights(weights, cfg.backbone, cfg.image_size, cfg.data_root, progress=progress)
         barrier(env)
         weights = resolve_weights(cfg.weights, cfg.backbone, cfg.image_size, cfg.data_root, progress=False)
     model = build_model(len(data.class_names), input_type=data.input_type, backbone=cfg.backbone,
