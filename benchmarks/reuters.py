@@ -3,12 +3,19 @@
     python benchmarks/reuters.py [--data-root ../shared/data/reuters21578] [--out runs/reuters]
                                  [--rows bce focal cb_focal r_focal ntr_focal db_focal]
                                  [--seeds 0 1 2] [--threads 1] [--reuse] [--set key=value ...]
+                                 [--head mlp|linear] [--choice runs/reuters_grid/selection.json]
 
 For every row (a shipped recipe ``reuters/<row>``) and seed it trains and evaluates through the
 library (``dbloss.config.load_config`` + ``dbloss.engine.train``, the same code path as
 ``dbloss train reuters/<row> seed=<s> ...``), then fits the one-vs-rest linear SVM baseline of
 Huang et al. (``OneVsRestClassifier(LinearSVC(C=1, max_iter=10000, random_state=123))``,
-decision threshold 0, mAP from the decision scores) on the same TF-IDF features. It writes
+decision threshold 0, mAP from the decision scores) on the same TF-IDF features, with
+``class_weight="balanced"`` (the variant of their script that reproduces their published row)
+and without (their script's first variant). ``--head linear`` trains every row with a linear
+head (``neck_dim=0``: one-vs-rest logistic regression on TF-IDF) instead of the recipes' MLP.
+``--choice`` takes each row's optimiser and learning rate from the selection file written by
+``benchmarks/reuters_select.py`` (chosen on the validation split) and puts its runs beside that
+grid point's seed-0 run, which ``--reuse`` then reads back. It writes
 
 * ``<out>/<row>/seed<s>/``: each run's directory (``metrics.json``, ``predictions.npz``, ...);
 * ``<out>/summary.json``: per row, every seed's metrics and the mean / std (machine-readable);
@@ -42,6 +49,7 @@ import torch
 import yaml
 
 from dbloss.config import load_config, recipe_dir
+from dbloss.data.reuters import HUANG_HEAD_MIN, HUANG_TAIL_MAX
 from dbloss.engine import jsonable, train
 from dbloss.metrics import f1_scores, summarize
 from dbloss.pipeline import build_data
@@ -51,8 +59,11 @@ REPO = Path(__file__).resolve().parents[1]
 ROWS: tuple[str, ...] = ("bce", "focal", "cb_focal", "r_focal", "ntr_focal", "db_focal")
 #: Row labels of Huang et al., Table 2.
 LABELS: dict[str, str] = {"bce": "BCE", "focal": "FL", "cb_focal": "CB", "r_focal": "R-FL",
-                          "ntr_focal": "NTR-FL", "db_focal": "DB", "svm": "SVM (one-vs-rest)"}
+                          "ntr_focal": "NTR-FL", "db_focal": "DB", "svm": "SVM (one-vs-rest, balanced)",
+                          "svm_unweighted": "SVM-unweighted (one-vs-rest)"}
+HEADS: dict[str, str] = {"mlp": "one-hidden-layer head", "linear": "linear head"}
 #: Huang et al. (EMNLP 2021), Reuters-21578, test micro-F1 / macro-F1 (x100); SVM on TF-IDF, others BERT fine-tuned.
+#: Their SVM row is compared with our balanced-class-weight refit, the variant of their script that matches it.
 PUBLISHED: dict[str, tuple[float, float]] = {
     "bce": (89.14, 47.32), "focal": (89.97, 56.83), "cb_focal": (89.23, 52.96), "r_focal": (89.47, 54.35),
     "ntr_focal": (90.70, 60.70), "db_focal": (90.62, 64.47), "svm": (87.60, 51.63),
@@ -82,6 +93,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="torch intra-op threads (default 1: on a small shared CPU, more threads were slower)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra recipe overrides for every row, e.g. epochs=1 (for quick checks)")
+    p.add_argument("--head", choices=tuple(HEADS), default="mlp",
+                   help="mlp: the recipes' one-hidden-layer head (default); linear: neck_dim=0")
+    p.add_argument("--choice", default=None, metavar="SELECTION_JSON",
+                   help="per-row optimiser and lr of --head, from benchmarks/reuters_select.py's selection.json")
     p.add_argument("--reuse", action="store_true", help="keep finished runs whose saved configuration matches")
     p.add_argument("--benchmarks", default=str(REPO / "BENCHMARKS.md"), help="Markdown file to update")
     p.add_argument("--tag", default="", help="a variant's name (e.g. adamw): its own marker block "
@@ -93,9 +108,24 @@ def get_args_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- runs
 
 
+def head_overrides(head: str) -> list[str]:
+    """Recipe overrides of a head: none for the recipes' MLP, ``neck_dim=0`` for a linear head."""
+    return ["neck_dim=0"] if head == "linear" else []
+
+
+def row_choice(args: argparse.Namespace, row: str) -> tuple[str, list[str]]:
+    """(run-directory prefix, overrides) of ``row``: the selected grid point with --choice, else none."""
+    if not getattr(args, "choice", None):
+        return "", []
+    point = json.loads(Path(args.choice).read_text())["choice"][args.head][row]
+    return point["name"], list(point["overrides"])
+
+
 def _config(row: str, seed: int, args: argparse.Namespace):
+    prefix, chosen = row_choice(args, row)
+    out = Path(args.out) / prefix / row / f"seed{seed}"
     return load_config(recipe_dir() / "reuters" / f"{row}.yaml",
-                       [*args.set, f"seed={seed}", f"out_dir={Path(args.out) / row / f'seed{seed}'}"],
+                       [*head_overrides(args.head), *chosen, *args.set, f"seed={seed}", f"out_dir={out}"],
                        data_root=args.data_root)
 
 
@@ -143,20 +173,25 @@ def run_row(row: str, seeds: Sequence[int], args: argparse.Namespace, counter: l
         print(f"{tag}: micro-F1 {100 * f['micro_f1']:.2f}  macro-F1 {100 * f['macro_f1']:.2f}  "
               f"(head {100 * f['f1_head']:.1f} / medium {100 * f['f1_medium']:.1f} / tail {100 * f['f1_tail']:.1f})  "
               f"mAP {100 * f['map_total']:.2f}  threshold {f['threshold']:.2f}  {f['seconds']:.0f} s", flush=True)
-        results.append({"seed": seed, **f, "split": res["split"]})
+        results.append({"seed": seed, **f, "best_epoch": res.get("best_epoch"), "epochs_run": res.get("epochs_run"),
+                        "split": res["split"]})
     return results
 
 
-def run_svm(args: argparse.Namespace) -> tuple[dict[str, float], dict[str, list[int]]]:
-    """Huang et al.'s one-vs-rest linear SVM on the training split's TF-IDF features (threshold 0)."""
+def svm_scores(data: Any, class_weight: str | None = "balanced") -> dict[str, Any]:
+    """Huang et al.'s one-vs-rest linear SVM (``Reuters/svm-ovr-tfidf.py``) fitted on ``data.train``.
+
+    ``OneVsRestClassifier(LinearSVC(C=1, max_iter=10000, random_state=123, class_weight=...))``;
+    their script fits it without and with ``class_weight="balanced"``. Returns the test metrics of
+    :func:`dbloss.metrics.summarize` at decision threshold 0, with ``macro_f1_groups`` (groups
+    of the training split by Huang et al.'s rule) and ``split``.
+    """
     from sklearn.multiclass import OneVsRestClassifier
     from sklearn.svm import LinearSVC
 
-    cfg = _config("bce", 0, args)  # the features depend only on the data fields, shared by every recipe
-    t0 = time.perf_counter()
-    data = build_data(cfg)
-    stats = LabelStats.from_labels(data.train_labels, data.class_names, head_min=cfg.head_min, tail_max=cfg.tail_max)
-    clf = OneVsRestClassifier(LinearSVC(C=1.0, max_iter=10000, random_state=123))
+    cfg_groups = dict(head_min=HUANG_HEAD_MIN, tail_max=HUANG_TAIL_MAX)
+    stats = LabelStats.from_labels(data.train_labels, data.class_names, **cfg_groups)
+    clf = OneVsRestClassifier(LinearSVC(C=1.0, max_iter=10000, random_state=123, class_weight=class_weight))
     clf.fit(data.train.features, data.train_labels)
     decision = torch.as_tensor(clf.decision_function(data.test.features), dtype=torch.float64)
     # sigmoid is monotone: sigmoid(d) > 0.5 <=> d > 0 (Huang's rule), and AP is unchanged.
@@ -165,8 +200,24 @@ def run_svm(args: argparse.Namespace) -> tuple[dict[str, float], dict[str, list[
     per_class = f1_scores(scores, targets, threshold=0.5)["per_class_f1"]
     res["macro_f1_groups"] = {g: _nanmean(per_class[idx]) for g, idx in stats.split.items()}
     res["threshold"] = 0.0  # on the decision function
-    res["seconds"] = round(time.perf_counter() - t0, 1)
-    return _flat(res), stats.split
+    res["split"] = stats.split
+    return res
+
+
+def run_svm(args: argparse.Namespace) -> tuple[dict[str, dict[str, float]], dict[str, list[int]]]:
+    """Both SVM variants on the training split's features (the recipes' `text_features`): {key: flat metrics}."""
+    cfg = _config("bce", 0, args)  # the features depend only on the data fields, shared by every recipe
+    t0 = time.perf_counter()
+    data = build_data(cfg)
+    t_data = time.perf_counter() - t0
+    out, split = {}, None
+    for key, weight in (("svm", "balanced"), ("svm_unweighted", None)):
+        t1 = time.perf_counter()
+        res = svm_scores(data, weight)
+        split = res.pop("split")
+        res["seconds"] = round(t_data + time.perf_counter() - t1, 1)
+        out[key] = _flat(res)
+    return out, split
 
 
 def _nanmean(v: torch.Tensor) -> float | None:
@@ -235,8 +286,9 @@ def markdown(summary: dict[str, Any], command: str, tag: str = "") -> str:
              f"scikit-learn {env['sklearn']}). Seeds: {', '.join(map(str, summary['seeds']))}; "
              "mean ± sample standard deviation over seeds (the SVM is deterministic: one fit). "
              "Test set: the 3,019 ApteMod test documents; groups by training frequency on Huang et al.'s 6,769 "
-             "training documents (head 30 / medium 31 / tail 29 classes). Ours: TF-IDF + one-hidden-layer head; "
-             "Huang et al.: fine-tuned BERT (SVM row: their one-vs-rest linear SVM on TF-IDF).", "",
+             "training documents (head 30 / medium 31 / tail 29 classes). "
+             f"Ours: TF-IDF ({_features(summary)}) + {HEADS[summary.get('head', 'mlp')]}; "
+             "Huang et al.: fine-tuned BERT (SVM rows: their one-vs-rest linear SVM on TF-IDF).", "",
              "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(r) + " |" for r in _table_rows(summary)]
     lines += [""]
@@ -245,6 +297,21 @@ def markdown(summary: dict[str, Any], command: str, tag: str = "") -> str:
         short = lambda rows: " > ".join(LABELS[r].split(" ")[0] for r in rows)  # noqa: E731
         lines.append(f"- {name} ranking, ours: {short(ours)}; Huang et al.: {short(theirs)} "
                      f"(Kendall tau {_kendall_tau(ours, theirs):+.2f}).")
+    if "svm" in summary["rows"]:
+        a, pub = summary["rows"]["svm"]["aggregate"], PUBLISHED["svm"]
+        mi, ma = 100 * a["micro_f1"]["mean"], 100 * a["macro_f1"]["mean"]
+        lines.append(f"- SVM reproduction (balanced class weights, the same features): ours {mi:.2f} / {ma:.2f} "
+                     f"micro/macro-F1, Huang et al. {pub[0]:.2f} / {pub[1]:.2f}: difference {mi - pub[0]:+.2f} / "
+                     f"{ma - pub[1]:+.2f}.")
+    chosen = {r: e["overrides"] for r, e in summary["rows"].items() if e.get("overrides")}
+    if chosen:
+        lines.append("- Optimiser and lr per row (chosen on validation micro-F1, seed 0, by "
+                     "`benchmarks/reuters_select.py`): " + ", ".join(
+                         f"{LABELS[r].split(' ')[0]} `{' '.join(o)}`" for r, o in chosen.items()) + ".")
+    epochs = [r["best_epoch"] for e in summary["rows"].values() for r in e["runs"] if r.get("best_epoch")]
+    if epochs:
+        lines.append(f"- Best validation epochs (tested): {min(epochs)}-{max(epochs)}; early stopping after "
+                     f"{summary.get('patience', 0)} epochs without a better validation micro-F1.")
     times = {row: e["aggregate"]["seconds"]["mean"] for row, e in summary["rows"].items()}
     lines.append("- Wall time per run (data + TF-IDF + training + evaluation), mean over seeds: "
                  + ", ".join(f"{LABELS[r].split(' ')[0]} {t:.0f} s" for r, t in times.items()) + ".")
@@ -254,6 +321,13 @@ def markdown(summary: dict[str, Any], command: str, tag: str = "") -> str:
     lines += ["", f"![Reuters-21578: macro-F1 per group, and ours vs Huang et al.](docs/figures/{figure_names(tag)[0]})",
               "", end]
     return "\n".join(lines)
+
+
+def _features(summary: dict[str, Any]) -> str:
+    kind, cap = summary.get("text_features", "sublinear"), summary.get("tfidf_max_features")
+    vocab = "whole vocabulary" if cap is None else f"{cap:,} terms"
+    desc = {"huang": "scikit-learn defaults, as Huang et al.'s SVM", "sublinear": "sublinear tf, min_df 2"}
+    return f"{desc.get(kind, kind)}, {vocab}"
 
 
 def update_benchmarks(path: Path, block: str, tag: str = "") -> None:
@@ -284,7 +358,7 @@ def f1_figure(summary: dict[str, Any]):
         ax1.bar(x + (k - 1.5) * w, m, w, yerr=s, capsize=2, label=name, color=color)
     ax1.set_xticks(x, labels)
     ax1.set_ylabel("test macro-F1 (x100)")
-    ax1.set_title("Ours (TF-IDF + MLP head): macro-F1 per class group")
+    ax1.set_title(f"Ours (TF-IDF + {summary.get('head', 'mlp')} head): macro-F1 per class group")
     ax1.legend(ncols=4, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08))
     ax1.set_ylim(0, 100)
     pub_rows = [r for r in rows if r in PUBLISHED]
@@ -325,7 +399,8 @@ def table_figure(summary: dict[str, Any]):
         if c in (3, 4) and r > 0:
             cell.set_facecolor("#f4f4f4")
     seeds = ", ".join(map(str, summary["seeds"]))
-    ax.set_title(f"Reuters-21578 (ApteMod) test, x100; ours: TF-IDF + MLP head, mean ± std over seeds {seeds}; "
+    ax.set_title(f"Reuters-21578 (ApteMod) test, x100; ours: TF-IDF + {summary.get('head', 'mlp')} head, "
+                 f"mean ± std over seeds {seeds}; "
                  "Huang et al. (EMNLP 2021): BERT fine-tuned (SVM: TF-IDF)", fontsize=9)
     return fig
 
@@ -362,22 +437,27 @@ def main(args: argparse.Namespace) -> int:
         "published": {r: {"micro_f1": v[0] / 100, "macro_f1": v[1] / 100} for r, v in PUBLISHED.items()},
         "rows": {},
     }
+    probe = _config(args.rows[0] if args.rows else "bce", args.seeds[0], args)
+    summary.update(head=args.head, text_features=probe.text_features, tfidf_max_features=probe.tfidf_max_features,
+                   patience=probe.patience if probe.keep_best else 0, choice=args.choice)
     split = None
     for row in args.rows:
         results = run_row(row, args.seeds, args, counter, total)
         split = results[0]["split"]
         for r in results:
             r.pop("split")
-        summary["rows"][row] = {"recipe": f"reuters/{row}", "runs": results, "aggregate": aggregate(results)}
+        summary["rows"][row] = {"recipe": f"reuters/{row}", "overrides": row_choice(args, row)[1], "runs": results,
+                                "aggregate": aggregate(results)}
     if not args.no_svm:
-        print("SVM (one-vs-rest LinearSVC on the same TF-IDF features) ...", flush=True)
-        svm, split_svm = run_svm(args)
+        print("SVM (one-vs-rest LinearSVC on the same TF-IDF features, balanced and unweighted) ...", flush=True)
+        svms, split_svm = run_svm(args)
         if split is not None and split_svm != split:
             raise RuntimeError("the SVM's head/medium/tail split differs from the runs' split")
         split = split_svm
-        print(f"SVM: micro-F1 {100 * svm['micro_f1']:.2f}  macro-F1 {100 * svm['macro_f1']:.2f}  "
-              f"mAP {100 * svm['map_total']:.2f}  {svm['seconds']:.0f} s", flush=True)
-        summary["rows"]["svm"] = {"recipe": None, "runs": [{"seed": None, **svm}], "aggregate": aggregate([svm])}
+        for key, svm in svms.items():
+            print(f"{LABELS[key]}: micro-F1 {100 * svm['micro_f1']:.2f}  macro-F1 {100 * svm['macro_f1']:.2f}  "
+                  f"mAP {100 * svm['map_total']:.2f}  {svm['seconds']:.0f} s", flush=True)
+            summary["rows"][key] = {"recipe": None, "runs": [{"seed": None, **svm}], "aggregate": aggregate([svm])}
     summary["reused"] = args.reused
     summary["split_sizes"] = {g: len(split[g]) for g in GROUPS} if split else None
     summary["total_seconds"] = round(time.perf_counter() - t0, 1)

@@ -22,7 +22,8 @@ from dbloss.losses import build_loss
 
 ROWS = ("bce", "focal", "cb_focal", "r_focal", "ntr_focal", "db_focal")
 OPTIM = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "grad_clip", "warmup_iters", "warmup_ratio",
-         "lr_steps", "lr_gamma", "neck_dim", "dropout", "tfidf_max_features")
+         "lr_steps", "lr_gamma", "neck_dim", "dropout", "text_features", "tfidf_max_features", "keep_best",
+         "patience")
 
 
 def _huang_loss(z, y, freq, n, *, reweight=None, focal=True, init_bias=None, neg_scale=None, cb_beta=0.9,
@@ -93,6 +94,9 @@ def test_recipes_share_protocol_and_optimiser():
         assert cfg.val_size == 1000 and cfg.threshold_search == [0.4, 0.6, 0.01]
         assert (cfg.head_min, cfg.tail_max) == (35, 9)
         assert not cfg.tensorboard and cfg.workers == 0
+        # Huang et al.'s features and model selection: the whole vocabulary, best validation epoch, patience 5
+        assert (cfg.text_features, cfg.tfidf_max_features) == ("huang", None)
+        assert cfg.keep_best and cfg.patience == 5
         assert {k: getattr(cfg, k) for k in OPTIM} == {k: getattr(first, k) for k in OPTIM}, row
 
 

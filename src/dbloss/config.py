@@ -52,8 +52,12 @@ class TrainConfig:
     workers: int = -1  # -1: min(8, cpu count - 1) on CUDA, min(2, cpu count - 1) on CPU
     persistent_workers: bool = False
     pin_memory: bool | None = None  # None: on when training on CUDA
-    # text features (Reuters)
-    tfidf_max_features: int = 20000
+    # text features (Reuters): "huang" is scikit-learn's CountVectorizer + TfidfTransformer at their
+    # defaults (raw counts, smooth idf, l2 norm, every term of the training documents: Huang et al.'s
+    # SVM features); "sublinear" is this project's earlier choice (sublinear tf, min_df 2, accents
+    # stripped), which drops the rare words the tail classes live on. Both fitted on the training split.
+    text_features: Literal["huang", "sublinear"] = "huang"
+    tfidf_max_features: int | None = None  # keep only the most frequent terms (None: the whole vocabulary)
     # model
     backbone: str = "resnet50"
     weights: str | None = "DEFAULT"
@@ -109,6 +113,12 @@ class TrainConfig:
             raise ValueError(f"Expected `optimizer` to be one of ('sgd', 'adamw'), but got {self.optimizer!r}")
         if self.amp not in ("none", "bf16", "fp16"):
             raise ValueError(f"Expected `amp` to be one of ('none', 'bf16', 'fp16'), but got {self.amp!r}")
+        if self.text_features not in ("huang", "sublinear"):
+            raise ValueError(f"Expected `text_features` to be one of ('huang', 'sublinear'), but got "
+                             f"{self.text_features!r}")
+        if self.tfidf_max_features is not None and self.tfidf_max_features < 1:
+            raise ValueError(f"Expected `tfidf_max_features` >= 1 or null (the whole vocabulary), but got "
+                             f"{self.tfidf_max_features!r}")
         kinds = DatasetKind.__args__  # type: ignore[attr-defined]
         if self.dataset not in kinds:
             raise ValueError(f"Expected `dataset` to be one of {kinds}, but got {self.dataset!r}")
