@@ -127,3 +127,47 @@ def test_db_focal_recipe_trains_with_huang_protocol(reuters_dir, tmp_path):
     trivial = 2 * tp / (2 * tp + fp + fn)
     assert res["micro_f1"] > trivial + 0.25, (res["micro_f1"], trivial)
     assert 0 <= res["macro_f1"] <= 1 and 0 < res["mAP"]["total"] <= 1
+
+
+def test_recipe_linear_head_option():
+    """``neck_dim=0`` (``benchmarks/reuters.py --head linear``) makes the recipes' head one linear map."""
+    from dbloss.model import build_model
+
+    cfg = load_config("reuters/db_focal", ["neck_dim=0"])
+    net = build_model(90, input_type="features", neck_dim=cfg.neck_dim, dropout=cfg.dropout, in_features=500)
+    linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 1 and tuple(linears[0].weight.shape) == (90, 500)
+    assert not any(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.Dropout)) for m in net.modules())
+    x = torch.randn(4, 500)
+    torch.testing.assert_close(net(x), x @ linears[0].weight.T + linears[0].bias)
+    mlp = build_model(90, input_type="features", neck_dim=load_config("reuters/db_focal").neck_dim, in_features=500)
+    assert sum(isinstance(m, torch.nn.Linear) for m in mlp.modules()) == 2
+
+
+def test_selection_chooses_on_validation_only():
+    """benchmarks/reuters_select.py: per head and row the best validation micro-F1; the head by its mean."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    bench_dir = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench_dir))  # reuters_select imports its sibling benchmarks/reuters.py
+    try:
+        spec = importlib.util.spec_from_file_location("reuters_select", bench_dir / "reuters_select.py")
+        sel = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sel)
+    finally:
+        sys.path.remove(str(bench_dir))
+
+    def pt(head, name, row, val):
+        return {"head": head, "name": name, "row": row, "overrides": [name], "val_micro_f1": val, "val_macro_f1": 0.0,
+                "test_micro_f1": 1.0 - val}  # a test score, if one were there, must not matter
+
+    points = [pt("mlp", "a", "bce", 0.80), pt("mlp", "b", "bce", 0.85), pt("mlp", "a", "db_focal", 0.90),
+              pt("mlp", "b", "db_focal", 0.90), pt("linear", "c", "bce", 0.84), pt("linear", "c", "db_focal", 0.86),
+              pt("mlp", "a", "focal", 0.99)]  # a row scored for one head only does not decide the head
+    choice, best = sel.choose(points)
+    assert choice["mlp"]["bce"]["name"] == "b" and choice["mlp"]["db_focal"]["name"] == "a"  # a tie keeps the first
+    assert choice["linear"]["bce"]["name"] == "c" and best == "mlp"  # mean 0.875 vs 0.85
+    points[4]["val_micro_f1"] = 0.95
+    assert sel.choose(points)[1] == "linear"
