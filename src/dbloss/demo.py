@@ -137,7 +137,7 @@ def run_demo(
         rows.append({**seed_summary(runs), "runs": runs})
     seconds = time.perf_counter() - t_start
     table = seed_table(rows)
-    caption = (f"{setting} setting, seeds {', '.join(map(str, seeds))}: mean ± sample standard deviation over seeds "
+    caption = (f"{setting.capitalize()} setting, seeds {', '.join(map(str, seeds))}: mean ± sample standard deviation over seeds "
                f"(x100; {rows[0]['runs'][0]['num_train']} training / {rows[0]['runs'][0]['num_test']} test images)")
     print(f"\n{caption}\n{table}")
     (out / "results.md").write_text(f"{caption}\n\n{table}\n")

@@ -152,9 +152,10 @@ def seed_summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         mean[key] = float(vals.mean()) if vals.size else float("nan")
         sd[key] = float(vals.std(ddof=1)) if vals.size > 1 else float("nan")
     ap = np.array([[np.nan if v is None else v for v in r.get("per_class_ap", [])] for r in runs], dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        per_class = [None if not np.isfinite(v) else float(v)
-                     for v in (np.nanmean(ap, axis=0) if np.isfinite(ap).any() else ap[0])]
+    finite = np.isfinite(ap)
+    count = finite.sum(axis=0)
+    ap_mean = np.where(count > 0, np.where(finite, ap, 0.0).sum(axis=0) / np.maximum(count, 1), np.nan)
+    per_class = [None if not np.isfinite(v) else float(v) for v in ap_mean]
     return {"name": first.get("name"), "loss": first.get("loss"), "sampler": first.get("sampler"),
             "seeds": [r.get("seed") for r in runs], "mean": mean, "sd": sd, "per_class_ap": per_class}
 
