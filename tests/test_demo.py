@@ -1,0 +1,47 @@
+"""Tests of dbloss.demo's helpers: reusing finished runs, rewriting a marked README block."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from dbloss.config import load_config, save_config
+from dbloss.demo import _reusable, update_marked_block
+
+
+def _finished(cfg, tmp_path, drop=()):
+    out = tmp_path / "run"
+    out.mkdir(exist_ok=True)
+    cfg.out_dir = str(out)
+    save_config(cfg, out / "config.yaml")
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    for key in drop:
+        saved.pop(key)
+    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+    (out / "metrics.json").write_text(json.dumps({"mAP": {"total": 0.5}}))
+    return cfg
+
+
+def test_finished_runs_are_reused_only_with_the_same_configuration(tmp_path):
+    cfg = _finished(load_config("demo/rs"), tmp_path)
+    assert _reusable(cfg) == {"mAP": {"total": 0.5}}
+    other = load_config("demo/rs", ["lr=0.05", f"out_dir={cfg.out_dir}"])
+    assert _reusable(other) is None
+    # a field added since the run was saved counts with its default; text settings do not touch image runs
+    cfg = _finished(load_config("demo/rs"), tmp_path, drop=("patience", "text_features"))
+    assert _reusable(cfg) is not None
+    assert _reusable(load_config("demo/rs", ["tfidf_max_features=5", f"out_dir={cfg.out_dir}"])) is not None
+    assert _reusable(load_config("demo/rs", ["patience=0", "keep_best=false", f"out_dir={cfg.out_dir}"])) is not None
+    (tmp_path / "run" / "metrics.json").unlink()
+    assert _reusable(cfg) is None
+
+
+def test_update_marked_block(tmp_path):
+    doc = tmp_path / "README.md"
+    doc.write_text("a\n<!-- t -->\nold\n<!-- /t -->\nb\n")
+    update_marked_block(doc, "t", "new $1 \\1 text")  # no regex expansion of the replacement
+    assert doc.read_text() == "a\n<!-- t -->\nnew $1 \\1 text\n<!-- /t -->\nb\n"
+    with pytest.raises(ValueError, match="no block <!-- u -->"):
+        update_marked_block(doc, "u", "x")
