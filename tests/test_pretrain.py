@@ -102,8 +102,10 @@ def test_demo_recipes_fine_tune_pretrained_and_scratch_recipes_freeze_nothing():
         model = build_model(14, backbone=scratch.backbone, weights=scratch.weights,
                             frozen_stages=scratch.frozen_stages)
         assert all(p.requires_grad for p in model.parameters())
-        assert {k: v for k, v in pre.to_dict().items() if k != "weights"} == \
-            {k: v for k, v in scratch.to_dict().items() if k != "weights"}  # the regimes differ in weights only
+        # the regimes differ in weights only (and DB-Focal's lr, chosen on validation in the pretrained regime)
+        assert {k: v for k, v in pre.to_dict().items() if k not in ("weights", "lr")} == \
+            {k: v for k, v in scratch.to_dict().items() if k not in ("weights", "lr")}
+        assert scratch.lr == 0.02 and pre.lr == (0.2 if name == "db_focal" else 0.02)
 
 
 @pytest.mark.slow
