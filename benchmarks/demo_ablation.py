@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import shutil
 import time
@@ -36,7 +35,7 @@ import torch
 from dbloss.demo import run_recipe_seeds, update_marked_block
 from dbloss.engine import jsonable
 from dbloss.plots import ap_increment_figure, save_figure
-from dbloss.report import seed_summary
+from dbloss.report import format_mean_sd, seed_summary
 from dbloss.stats import GROUPS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,11 +84,6 @@ def _select(row: str, args: argparse.Namespace, base: list[str]) -> tuple[float,
     return best, scores
 
 
-def _fmt(mean: float, sd: float) -> str:
-    return "–" if not math.isfinite(mean) else f"{100 * mean:.2f} ± {100 * sd:.2f}" if math.isfinite(sd) \
-        else f"{100 * mean:.2f}"
-
-
 def main(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -109,7 +103,7 @@ def main(args: argparse.Namespace) -> None:
     head = ["row", "lr (val)", "mAP", "head", "medium", "tail", "Δ mAP vs RS", "Δ head", "Δ medium", "Δ tail"]
     lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * (len(head) - 2)]
     for row, r in rows.items():
-        cells = [r["label"], f"{r['lr']:g}"] + [_fmt(r["mean"][k], r["sd"][k]) for k in ("total", *GROUPS)]
+        cells = [r["label"], f"{r['lr']:g}"] + [format_mean_sd(r["mean"][k], r["sd"][k]) for k in ("total", *GROUPS)]
         if rs is not None:
             cells += [f"{100 * (r['mean'][k] - rs['mean'][k]):+.2f}" for k in ("total", *GROUPS)]
         else:

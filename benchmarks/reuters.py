@@ -46,9 +46,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import yaml
 
-from dbloss.config import load_config, recipe_dir
+from dbloss.config import load_config, recipe_dir, saved_config_matches
 from dbloss.data.reuters import HUANG_HEAD_MIN, HUANG_TAIL_MAX
 from dbloss.engine import jsonable, train
 from dbloss.metrics import f1_scores, summarize
@@ -136,7 +135,7 @@ def _reusable(cfg: Any) -> dict[str, Any] | None:
     metrics, saved, timing = out / "metrics.json", out / "config.yaml", out / "bench_time.json"
     if not (metrics.is_file() and saved.is_file() and timing.is_file()):
         return None
-    if yaml.safe_load(saved.read_text()) != yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False)):
+    if not saved_config_matches(cfg, saved):
         return None
     res = json.loads(metrics.read_text())
     res["seconds"] = json.loads(timing.read_text())["seconds"]

@@ -21,7 +21,7 @@ import yaml
 
 from dbloss.stats import DEFAULT_HEAD_MIN, DEFAULT_TAIL_MAX
 
-__all__ = ["TrainConfig", "load_config", "list_recipes", "recipe_dir"]
+__all__ = ["TrainConfig", "load_config", "list_recipes", "recipe_dir", "saved_config_matches"]
 
 DatasetKind = Literal["demo", "voc", "coco", "coco-json", "csv", "reuters", "features"]
 
@@ -265,3 +265,26 @@ def load_config(recipe: str | Path | None = None, overrides: Sequence[str] = (),
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
     """Write the resolved configuration as YAML."""
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+#: Fields that only text datasets read: an image run is the same run whatever they say.
+_TEXT_FIELDS = ("text_features", "tfidf_max_features")
+_TEXT_DATASETS = ("reuters",)
+
+
+def saved_config_matches(cfg: TrainConfig, path: str | Path) -> bool:
+    """Whether the configuration saved at ``path`` (a run's ``config.yaml``) describes the same run
+    as ``cfg``: equal field by field, a field added since it was saved counting with its default,
+    and text-feature fields ignored for an image dataset. False for a missing or unreadable file."""
+    try:
+        old = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    if not isinstance(old, dict):
+        return False
+    new = yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    defaults = TrainConfig().to_dict()
+    keys = set(old) | set(new)
+    if cfg.dataset not in _TEXT_DATASETS:
+        keys -= set(_TEXT_FIELDS)
+    return all(old.get(k, defaults.get(k)) == new.get(k, defaults.get(k)) for k in keys)

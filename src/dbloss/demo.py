@@ -27,9 +27,8 @@ import time
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-import yaml
 
-from dbloss.config import TrainConfig, list_recipes, load_config
+from dbloss.config import TrainConfig, list_recipes, load_config, saved_config_matches
 from dbloss.engine import jsonable, train
 
 __all__ = ["DEFAULT_DEMO_RECIPES", "ALL_DEMO_RECIPES", "SETTINGS", "run_demo", "run_recipe_seeds", "update_marked_block"]
@@ -45,27 +44,14 @@ ALL_DEMO_RECIPES: tuple[str, ...] = ("erm", "rw", "focal", "rs", "cb_focal", "ld
 SETTINGS: dict[str, str] = {"pretrained": "demo", "scratch": "demo_scratch"}
 
 
-_TEXT_DATASETS = ("reuters",)
-_TEXT_FIELDS = ("text_features", "tfidf_max_features")
-
-
 def _reusable(cfg: TrainConfig) -> dict[str, Any] | None:
     """The finished run in ``cfg.out_dir`` if its saved configuration is ``cfg``'s, else None."""
-    out = Path(cfg.out_dir)
-    metrics, saved = out / "metrics.json", out / "config.yaml"
-    if not (metrics.is_file() and saved.is_file()):
+    metrics = Path(cfg.out_dir) / "metrics.json"
+    if not (metrics.is_file() and saved_config_matches(cfg, Path(cfg.out_dir) / "config.yaml")):
         return None
     try:
-        old = yaml.safe_load(saved.read_text())
-        new = yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        defaults = TrainConfig().to_dict()
-        keys = set(old) | set(new)
-        if cfg.dataset not in _TEXT_DATASETS:  # text-feature settings do not touch an image run
-            keys -= set(_TEXT_FIELDS)
-        # a field added since the run was saved counts with its default
-        same = all(old.get(k, defaults.get(k)) == new.get(k, defaults.get(k)) for k in keys)
-        return json.loads(metrics.read_text()) if same else None
-    except (yaml.YAMLError, json.JSONDecodeError, OSError, AttributeError):
+        return json.loads(metrics.read_text())
+    except (json.JSONDecodeError, OSError):
         return None
 
 

@@ -327,9 +327,10 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, progress: bool = True
     if weights == BUILTIN_WEIGHTS and data.input_type == "image":  # made once (by rank 0), then cached
         if env.is_main:
             with torch.random.fork_rng(devices=[]):  # pretraining here or not: the same initial model
-                resolve_weights(weights, cfg.backbone, cfg.image_size, cfg.data_root, progress=progress)
+                weights = resolve_weights(weights, cfg.backbone, cfg.image_size, cfg.data_root, progress=progress)
         barrier(env)
-        weights = resolve_weights(cfg.weights, cfg.backbone, cfg.image_size, cfg.data_root, progress=False)
+        if not env.is_main:  # the other ranks read the cached file that rank 0 made
+            weights = resolve_weights(weights, cfg.backbone, cfg.image_size, cfg.data_root, progress=False)
     model = build_model(len(data.class_names), input_type=data.input_type, backbone=cfg.backbone,
                         weights=weights, frozen_stages=cfg.frozen_stages, neck_dim=cfg.neck_dim,
                         dropout=cfg.dropout, in_features=data.in_features).to(device)
@@ -491,7 +492,7 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, progress: bool = True
     res = _evaluate(model, data, stats, cfg, device, env, val=best_val)
     if cfg.keep_best:
         res["best_epoch"] = best["epoch"]
-        res["epochs_run"] = max(start_epoch, last_epoch)
+        res["epochs_run"] = last_epoch
     if env.is_main:
         _write_metrics(out, res)
         jlog.write(type="eval", **{k: res[k] for k in ("mAP", "micro_f1", "macro_f1", "threshold")})

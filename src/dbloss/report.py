@@ -28,7 +28,7 @@ import numpy as np
 from dbloss.plots import ap_increment_figure, class_distribution_figure, per_class_ap_figure, save_figure
 from dbloss.stats import DEFAULT_HEAD_MIN, DEFAULT_TAIL_MAX, GROUPS, LabelStats, class_split
 
-__all__ = ["load_runs", "results_table", "seed_summary", "seed_table", "select_increment_pair", "write_report"]
+__all__ = ["load_runs", "results_table", "format_mean_sd", "seed_summary", "seed_table", "select_increment_pair", "write_report"]
 
 _REQUIRED = ("name", "loss", "sampler", "mAP")
 _COLUMNS = ("Run", "Loss", "Sampler", "mAP", "Head", "Medium", "Tail", "Micro-F1", "Macro-F1")
@@ -160,7 +160,12 @@ def seed_summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "seeds": [r.get("seed") for r in runs], "mean": mean, "sd": sd, "per_class_ap": per_class}
 
 
-def _pm(mean: float, sd: float) -> str:
+def format_mean_sd(mean: float, sd: float) -> str:
+    """``"81.50 ± 1.05"`` from fractions (x100, 2 decimals); the mean alone when sd is NaN, "–" without a mean.
+
+    >>> format_mean_sd(0.815, 0.0105), format_mean_sd(0.5, float("nan")), format_mean_sd(float("nan"), 0.1)
+    ('81.50 ± 1.05', '50.00', '–')
+    """
     if not np.isfinite(mean):
         return "–"
     return f"{100 * mean:.2f}" + ("" if not np.isfinite(sd) else f" ± {100 * sd:.2f}")
@@ -171,7 +176,7 @@ def seed_table(rows: Sequence[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(_COLUMNS) + " |", "| " + " | ".join(["---"] * 3 + ["---:"] * 6) + " |"]
     for r in rows:
         cells = [str(r["name"]), str(r["loss"]), str(r["sampler"])]
-        cells += [_pm(r["mean"][k], r["sd"][k]) for k in _SEED_METRICS]
+        cells += [format_mean_sd(r["mean"][k], r["sd"][k]) for k in _SEED_METRICS]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
 
