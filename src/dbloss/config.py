@@ -4,7 +4,14 @@ A recipe is a YAML mapping of :class:`TrainConfig` fields. ``load_config(name_or
 overrides)`` reads it (a path, or a name such as ``voc_mlt/db_focal`` looked up in the shipped
 ``configs/`` folder), applies overrides such as ``epochs=2`` or ``loss_args.mu=0.2`` (values
 parsed as YAML), validates every key and returns the resolved configuration, which the trainer
-saves beside the run as ``config.yaml``.
+saves beside the run as ``config.yaml`` (fully resolved: no ``base`` key).
+
+A recipe may name a base with ``base: FILE`` (a path relative to the recipe): the base is read
+first and the recipe's keys are applied over it, the same way ``--set`` overrides are applied
+over the recipe: a key replaces the base's value, ``loss_args.mu: 0.2`` changes one loss argument
+and keeps the others. A base may have a base of its own; a cycle or a missing file is an error
+naming the files. Each benchmark folder keeps what its rows share in ``_base.yaml``; files whose
+name starts with ``_`` are bases, not recipes (``list_recipes`` leaves them out).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import yaml
 
 from dbloss.stats import DEFAULT_HEAD_MIN, DEFAULT_TAIL_MAX
 
-__all__ = ["TrainConfig", "load_config", "list_recipes", "recipe_dir", "saved_config_matches"]
+__all__ = ["TrainConfig", "load_config", "list_recipes", "recipe_dir", "save_config", "saved_config_matches"]
 
 DatasetKind = Literal["demo", "voc", "coco", "coco-json", "csv", "reuters", "features"]
 
@@ -148,6 +155,10 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_yaml(self) -> str:
+        """The resolved configuration as YAML, in field order (what ``save_config`` writes)."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
@@ -188,9 +199,10 @@ def recipe_dir() -> Path:
 
 
 def list_recipes() -> list[str]:
-    """Names of the shipped recipes, e.g. ``["coco_mlt/db_focal", ..., "voc_mlt/rs"]``."""
+    """Names of the shipped recipes, e.g. ``["coco_mlt/db_focal", ..., "voc_mlt/rs"]``; bases
+    (``_base.yaml`` and any file whose name starts with ``_``) are not recipes and are left out."""
     root = recipe_dir()
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml") if not p.name.startswith("_"))
 
 
 def _resolve_recipe(recipe: str | Path) -> Path:
@@ -202,6 +214,42 @@ def _resolve_recipe(recipe: str | Path) -> Path:
         return shipped
     raise FileNotFoundError(f"No recipe file {str(recipe)!r} and no shipped recipe of that name; "
                             f"shipped recipes: {', '.join(list_recipes())}")
+
+
+#: The recipe key that names a base file (relative to the recipe); not a configuration field.
+BASE_KEY = "base"
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a mapping of configuration keys, but got {type(loaded).__name__}")
+    return loaded
+
+
+def _recipe_chain(path: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """The recipe file and its bases, the root base first, each with its own keys (``base`` removed)."""
+    chain: list[tuple[Path, dict[str, Any]]] = []
+    seen: list[Path] = []
+    while True:
+        if path.resolve() in seen:
+            cycle = " -> ".join(str(p) for p, _ in chain) + f" -> {path}"
+            raise ValueError(f"recipe bases form a cycle: {cycle}")
+        seen.append(path.resolve())
+        data = _read_mapping(path)
+        parent = data.pop(BASE_KEY, None)
+        chain.append((path, data))
+        if parent is None:
+            return chain[::-1]
+        if not isinstance(parent, str) or not parent.strip():
+            raise ValueError(f"{path}: expected `{BASE_KEY}` to be a file name relative to the recipe, "
+                             f"but got {parent!r}")
+        path = path.parent / parent
+        if not path.is_file():
+            raise FileNotFoundError(f"{chain[-1][0]}: base file {parent!r} not found (looked for {path})")
 
 
 def _apply(data: dict[str, Any], key: str, value: Any, source: str) -> None:
@@ -229,7 +277,7 @@ def _upgrade_saved(data: dict[str, Any]) -> dict[str, Any]:
 def load_config(recipe: str | Path | None = None, overrides: Sequence[str] = (), *,
                 base: dict[str, Any] | None = None, **kwargs: Any) -> TrainConfig:
     """Resolve a recipe: ``base`` (e.g. a checkpoint's saved configuration), the YAML file (or
-    shipped name), then ``key=value`` overrides, then ``kwargs``.
+    shipped name) over its chain of ``base:`` files, then ``key=value`` overrides, then ``kwargs``.
 
     >>> cfg = load_config(None, ["epochs=2", "loss=bce"])
     >>> cfg.epochs, cfg.loss
@@ -239,15 +287,9 @@ def load_config(recipe: str | Path | None = None, overrides: Sequence[str] = (),
     for k, v in _upgrade_saved(dict(base or {})).items():
         _apply(data, str(k), v, "saved configuration")
     if recipe is not None:
-        path = _resolve_recipe(recipe)
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path}: not valid YAML ({e})") from None
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping of configuration keys, but got {type(loaded).__name__}")
-        for k, v in loaded.items():
-            _apply(data, str(k), v, str(path))
+        for path, loaded in _recipe_chain(_resolve_recipe(recipe)):
+            for k, v in loaded.items():
+                _apply(data, str(k), v, str(path))
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
@@ -263,8 +305,8 @@ def load_config(recipe: str | Path | None = None, overrides: Sequence[str] = (),
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
-    """Write the resolved configuration as YAML."""
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Write the resolved configuration as YAML (no ``base``: a saved file stands alone)."""
+    Path(path).write_text(cfg.to_yaml())
 
 
 #: Fields that only text datasets read: an image run is the same run whatever they say.
@@ -282,7 +324,7 @@ def saved_config_matches(cfg: TrainConfig, path: str | Path) -> bool:
         return False
     if not isinstance(old, dict):
         return False
-    new = yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    new = yaml.safe_load(cfg.to_yaml())
     defaults = TrainConfig().to_dict()
     keys = set(old) | set(new)
     if cfg.dataset not in _TEXT_DATASETS:
