@@ -28,6 +28,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg.out_dir = args.out
     elif not any(o.startswith("out_dir=") for o in overrides) and cfg.out_dir == "runs/run":
         cfg.out_dir = str(Path("runs") / Path(str(args.recipe)).with_suffix("").as_posix().replace("/", "_"))
+    if args.print_config:  # what the run would save as config.yaml: the recipe over its bases, then the overrides
+        print(cfg.to_yaml(), end="")
+        return 0
     resume: bool | str = False if args.resume is None else (True if args.resume == "" else args.resume)
     res = train(cfg, resume=resume, progress=not args.no_progress)
     if res is not None:
@@ -189,6 +192,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
                    help="continue from RUN_DIR/checkpoint.pt (or the given checkpoint)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--print-config", action="store_true",
+                   help="print the resolved configuration (YAML, as saved beside the run) and exit without training")
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate a checkpoint (on its recipe's test set or overridden data)")
