@@ -46,3 +46,21 @@ def test_errors_are_reported_with_exit_code_2(tmp_path, capsys):
     assert "missing_run" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["no-such-command"])
+
+
+def test_train_print_config_shows_the_resolved_recipe_and_trains_nothing(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from dbloss.config import load_config
+
+    monkeypatch.chdir(tmp_path)
+    args = ["demo_scratch/db_focal", "epochs=2", "loss_args.mu=0.2"]  # a recipe two bases deep, then overrides
+    assert main(["train", *args, "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed == load_config(args[0], [*args[1:], "out_dir=runs/demo_scratch_db_focal"]).to_dict()
+    assert "base" not in printed and printed["weights"] is None and printed["loss_args"] == {"mu": 0.2}
+    assert main(["train", "voc_mlt/rs", "--out", "elsewhere", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["out_dir"] == "elsewhere"
+    assert not list(tmp_path.iterdir())  # nothing trained, nothing written
+    assert main(["recipes"]) == 0
+    assert "_base" not in capsys.readouterr().out  # bases are not runnable recipes

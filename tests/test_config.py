@@ -1,11 +1,13 @@
-"""Tests of dbloss.config: recipes, overrides, validation."""
+"""Tests of dbloss.config: recipes, their bases, overrides, validation."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import yaml
 
-from dbloss.config import TrainConfig, list_recipes, load_config, save_config
+from dbloss.config import TrainConfig, list_recipes, load_config, recipe_dir, save_config, saved_config_matches
 from dbloss.engine import get_lr, lr_step_epochs, schedule_warnings
 
 
@@ -17,6 +19,102 @@ def test_shipped_recipes_all_load():
     for name in names:
         cfg = load_config(name)
         assert isinstance(cfg, TrainConfig)
+
+
+#: The rows of the comparison (Wu et al., ECCV 2020, and ASL): each row is a loss and a sampler.
+PAPER_ROWS = {"erm": ("bce", "random"), "rw": ("rw", "random"), "focal": ("focal", "random"),
+              "rs": ("bce", "class-aware"), "cb_focal": ("cb-focal", "random"), "ldam": ("ldam", "random"),
+              "r_bce_focal": ("r-focal", "class-aware"), "ntr_focal": ("ntr-focal", "class-aware"),
+              "db_focal": ("db-focal", "class-aware"), "asl": ("asl", "random")}
+#: What a row of each benchmark may set over its folder's ``_base.yaml`` (besides ``base`` itself).
+ROW_KEYS = {"voc_mlt": {"name", "loss", "sampler", "loss_args"},
+            "coco_mlt": {"name", "loss", "sampler", "loss_args"},
+            "demo": {"name", "loss", "sampler", "lr"},  # lr: the DB family's, chosen on validation
+            "demo_scratch": {"name", "loss", "sampler"},
+            "reuters": {"name", "loss", "loss_args"}}  # one sampler for every row: Huang et al.'s, in the base
+
+
+def test_shipped_recipes_say_only_what_differs_from_their_base():
+    """Every shipped recipe is its benchmark's ``_base`` plus its documented keys: the rows of one
+    table share data, model, schedule and evaluation by construction, not by keeping copies equal."""
+    assert {name.split("/")[0] for name in list_recipes()} == set(ROW_KEYS)
+    for name in list_recipes():
+        folder, row = name.split("/")
+        own = yaml.safe_load((recipe_dir() / f"{name}.yaml").read_text())
+        assert own.pop("base") == "_base.yaml", name
+        assert set(own) <= ROW_KEYS[folder], (name, set(own) - ROW_KEYS[folder])
+        cfg, base = load_config(name).to_dict(), load_config(f"{folder}/_base").to_dict()
+        assert {k for k in cfg if cfg[k] != base[k]} <= ROW_KEYS[folder], name
+        assert cfg["name"] == row
+        if folder != "reuters":
+            assert (cfg["loss"], cfg["sampler"]) == PAPER_ROWS[row], name
+    scratch, pretrained = load_config("demo_scratch/_base").to_dict(), load_config("demo/_base").to_dict()
+    assert {k for k in scratch if scratch[k] != pretrained[k]} == {"weights"}  # the two demo settings
+    for bench, dataset in (("voc_mlt", "voc"), ("coco_mlt", "coco")):
+        base = load_config(f"{bench}/_base")
+        assert (base.dataset, base.subset) == (dataset, f"data/published/{bench}_img_id.txt")
+        assert {k for k, v in base.to_dict().items() if v != getattr(TrainConfig(), k)} == \
+            {"dataset", "data_root", "subset"}  # the paper's recipe is the TrainConfig default
+
+
+def test_bases_are_not_recipes():
+    assert not [n for n in list_recipes() if Path(n).name.startswith("_")]
+    assert sorted(p.parent.name for p in recipe_dir().glob("*/_base.yaml")) == sorted(ROW_KEYS)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_recipe_applies_over_its_base_and_overrides_apply_last(tmp_path):
+    _write(tmp_path / "_base.yaml", "epochs: 3\nlr: 0.1\nloss: db-focal\nloss_args: {mu: 0.3, scale: 2.0}\n")
+    row = _write(tmp_path / "row.yaml", "base: _base.yaml\nepochs: 5\nloss_args.mu: 0.2\n")
+    cfg = load_config(row)
+    assert (cfg.epochs, cfg.lr, cfg.loss) == (5, 0.1, "db-focal")
+    assert cfg.loss_args == {"mu": 0.2, "scale": 2.0}  # a dotted key changes one argument and keeps the others
+    replaced = _write(tmp_path / "replace.yaml", "base: _base.yaml\nloss_args: {neg_scale: 2.0}\n")
+    assert load_config(replaced).loss_args == {"neg_scale": 2.0}  # a key replaces the base's value, as --set does
+    cfg = load_config(row, ["epochs=7", "loss_args.scale=1.0"])
+    assert cfg.epochs == 7 and cfg.loss_args == {"mu": 0.2, "scale": 1.0}
+
+
+def test_bases_chain_relative_to_each_file(tmp_path):
+    _write(tmp_path / "root.yaml", "epochs: 3\nlr: 0.1\nseed: 1\n")
+    _write(tmp_path / "bench" / "_base.yaml", "base: ../root.yaml\nlr: 0.5\nsampler: random\n")
+    row = _write(tmp_path / "bench" / "rows" / "rs.yaml", "base: ../_base.yaml\nsampler: class-aware\nseed: 2\n")
+    cfg = load_config(row)
+    assert (cfg.epochs, cfg.lr, cfg.sampler, cfg.seed) == (3, 0.5, "class-aware", 2)
+
+
+def test_inheritance_errors_name_the_files(tmp_path):
+    a = _write(tmp_path / "a.yaml", "base: b.yaml\nepochs: 2\n")
+    _write(tmp_path / "b.yaml", "base: a.yaml\n")
+    with pytest.raises(ValueError, match=r"cycle: .*a\.yaml -> .*b\.yaml -> .*a\.yaml"):
+        load_config(a)
+    with pytest.raises(ValueError, match=r"cycle: .*self\.yaml -> .*self\.yaml"):
+        load_config(_write(tmp_path / "self.yaml", "base: self.yaml\n"))
+    orphan = _write(tmp_path / "orphan.yaml", "base: _missing_base.yaml\n")
+    with pytest.raises(FileNotFoundError, match=r"orphan\.yaml: base file '_missing_base\.yaml' not found"):
+        load_config(orphan)
+    _write(tmp_path / "typo_base.yaml", "epoch: 3\n")
+    with pytest.raises(ValueError, match=r"typo_base\.yaml: unknown configuration key 'epoch'"):
+        load_config(_write(tmp_path / "typo_row.yaml", "base: typo_base.yaml\n"))
+    with pytest.raises(ValueError, match=r"list\.yaml: expected `base` to be a file name"):
+        load_config(_write(tmp_path / "list.yaml", "base: [a.yaml]\n"))
+    with pytest.raises(ValueError, match="unknown configuration key 'base'"):
+        load_config("voc_mlt/rs", ["base=../coco_mlt/_base.yaml"])  # bases belong to files, not overrides
+
+
+def test_saved_configuration_of_an_inherited_recipe_stands_alone(tmp_path):
+    cfg = load_config("demo_scratch/db_focal", ["epochs=2"])
+    save_config(cfg, tmp_path / "config.yaml")
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert "base" not in saved and saved["weights"] is None and saved["backbone"] == "small_cnn"
+    assert load_config(tmp_path / "config.yaml") == cfg
+    assert saved_config_matches(cfg, tmp_path / "config.yaml")
+    assert not saved_config_matches(load_config("demo/db_focal", ["epochs=2"]), tmp_path / "config.yaml")
 
 
 def test_db_focal_recipes_reproduce_original_release_settings():
