@@ -18,9 +18,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
-import socket
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,7 +120,9 @@ def fetch_published_subset(
     dest_dir: str | Path,
     *,
     source: str | Path | None = None,
+    url: str | None = None,
     timeout: float = 30.0,
+    retries: int = 2,
 ) -> Path:
     """Download (or copy from ``source``) a published id list into ``dest_dir`` and verify it.
 
@@ -131,7 +130,9 @@ def fetch_published_subset(
         name: a key of :data:`PUBLISHED_SUBSETS` ("voc-mlt", "coco-mlt").
         dest_dir: folder to write ``PUBLISHED_SUBSETS[name].filename`` into (created if needed).
         source: a local copy of the file to use instead of downloading.
+        url: download from here instead of the spec's URL (a mirror).
         timeout: network timeout in seconds.
+        retries: retries of a transient failure (see :func:`dbloss.data.download.download_file`).
 
     Returns:
         The path of the verified file. Read it with :func:`load_id_list`.
@@ -159,17 +160,17 @@ def fetch_published_subset(
             raise FileNotFoundError(f"{name}: source file not found: {source}")
         shutil.copyfile(source, tmp)
     else:
-        log.info("downloading %s from %s", name, spec.url)
+        from dbloss.data.download import DownloadError, download_file
+
+        url = url or spec.url
+        log.info("downloading %s from %s", name, url)
         try:
-            with urllib.request.urlopen(spec.url, timeout=timeout) as r:
-                payload = r.read()
-        except (urllib.error.URLError, socket.timeout, TimeoutError, OSError) as e:
-            reason = getattr(e, "reason", e)
+            download_file(url, tmp, retries=retries, backoff=0.5, timeout=timeout, progress=False)
+        except DownloadError as e:
             raise ConnectionError(
-                f"could not download the {name} id list from {spec.url} ({reason}). Without network access, "
-                f"download the file elsewhere and pass it with --source PATH (source=PATH)"
+                f"could not download the {name} id list ({e}). Without network access, download the file "
+                f"elsewhere and pass it with --source PATH (source=PATH)"
             ) from None
-        tmp.write_bytes(payload)
     try:
         _verify(tmp, name, spec)
     except ValueError:
