@@ -7,7 +7,7 @@ parsed as YAML), validates every key and returns the resolved configuration, whi
 saves beside the run as ``config.yaml`` (fully resolved: no ``base`` key).
 
 A recipe may name a base with ``base: FILE`` (a path relative to the recipe): the base is read
-first and the recipe's keys are applied over it, the same way ``--set`` overrides are applied
+first and the recipe's keys are applied over it, the same way ``key=value`` overrides are applied
 over the recipe: a key replaces the base's value, ``loss_args.mu: 0.2`` changes one loss argument
 and keeps the others. A base may have a base of its own; a cycle or a missing file is an error
 naming the files. Each benchmark folder keeps what its rows share in ``_base.yaml``; files whose
