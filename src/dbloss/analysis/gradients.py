@@ -28,8 +28,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from dbloss.losses import build_loss
-from dbloss.losses.functional import negative_tolerant_bias
+from dbloss.losses import build_loss, negative_tolerant_bias
 from dbloss.analysis.output import write_analysis
 from dbloss.plots import GROUP_COLORS
 

@@ -1,19 +1,16 @@
 """The DB re-balanced weights of a label matrix: r, r_hat per class, and the map r -> r_hat.
 
-Wu et al. (ECCV 2020, arXiv 2007.09654), Eq. 7-8. Under class-aware re-sampling a sample i is
+Wu et al. (ECCV 2020, arXiv 2007.09654), Sec. 3.2. Under class-aware re-sampling a sample i is
 drawn with the instance-level probability ``P^I_i ∝ sum_{j: y_ij = 1} 1 / n_j`` while the class
-k expects ``P^C_k ∝ 1 / n_k``; their ratio is::
-
-    r_ik  = (1 / n_k) / sum_{j : y_ij = 1} (1 / n_j)
-    r_hat = alpha + sigmoid(beta * (r_ik - mu))
+k expects ``P^C_k ∝ 1 / n_k``; their ratio r and its smoothed weight r_hat are computed by the
+loss's own reference, :func:`dbloss.losses.reference.rebalance_ratio` and
+:func:`~dbloss.losses.reference.rebalance_map` (this module only converts to and from numpy).
 
 ``r_hat`` multiplies both the positive and the negative terms of the loss, so this analysis
 summarises both: over the positive entries of each class (the images that contain it) and over
-its negative entries (the images that do not). ``r_hat`` is computed by the loss module's own
-:func:`dbloss.losses.functional.rebalance_weight`; ``r`` itself, which that module does not
-return, is Eq. 7 evaluated here and checked against ``r_hat`` in the tests. Samples without any
-positive label have no finite ``r`` (the loss gives them ``alpha + 1``) and are left out of the
-summaries; their number is reported.
+its negative entries (the images that do not). Samples without any positive label have no
+finite ``r`` (the loss gives them ``alpha + 1``) and are left out of the summaries; their
+number is reported.
 """
 
 from __future__ import annotations
@@ -26,7 +23,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from dbloss.losses.functional import rebalance_weight
+from dbloss.losses import reference
 from dbloss.analysis.output import write_analysis
 from dbloss.plots import GROUP_COLORS, class_axis, frequency_order, shade_groups
 from dbloss.stats import GROUPS, LabelStats, validate_label_matrix
@@ -42,7 +39,7 @@ __all__ = [
 
 
 def rebalance_ratio(labels: Any, class_freq: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
-    """The ratio ``r_ik = (1 / n_k) / sum_{j: y_ij = 1} (1 / n_j)`` (Eq. 7) for every entry of a label matrix.
+    """The ratio ``r_ik = P^C_k / P^I_i`` (:func:`dbloss.losses.reference.rebalance_ratio`) of a label matrix.
 
     Args:
         labels: (N, C) {0, 1} matrix.
@@ -55,25 +52,18 @@ def rebalance_ratio(labels: Any, class_freq: Sequence[int] | np.ndarray | None =
     >>> rebalance_ratio([[1, 1], [0, 1]], [1, 4]).tolist()
     [[0.8, 0.2], [4.0, 1.0]]
     """
-    y = validate_label_matrix(labels).astype(np.float64)
+    y = validate_label_matrix(labels)
     freq = y.sum(0) if class_freq is None else np.asarray(class_freq, dtype=np.float64)
     if freq.shape != (y.shape[1],):
         raise ValueError(f"Expected class_freq of shape ({y.shape[1]},), but got {freq.shape}")
     if (freq <= 0).any():
         k = int(np.flatnonzero(freq <= 0)[0])
         raise ValueError(f"Class {k} has no positive sample (class_freq[{k}] = {freq[k]:g}); r is undefined for it")
-    inv = 1.0 / freq
-    denom = y @ inv  # (N,)
-    with np.errstate(divide="ignore"):
-        return np.where(denom[:, None] > 0, inv[None, :] / np.where(denom > 0, denom, 1.0)[:, None], np.inf)
+    return reference.rebalance_ratio(torch.as_tensor(y), torch.as_tensor(freq, dtype=torch.float64)).numpy()
 
 
 def rebalance_map(r: np.ndarray | Sequence[float], alpha: float = 0.1, beta: float = 10.0, mu: float = 0.3) -> np.ndarray:
-    """``r_hat(r) = alpha + sigmoid(beta * (r - mu))`` evaluated by the loss module's own weight function.
-
-    Each value ``r > 0`` is realised as a negative entry of a one-sample problem whose only
-    positive class has ``n_0 = 1`` and whose class m has ``n_m = 1 / r_m``, so that
-    :func:`~dbloss.losses.functional.rebalance_weight` sees exactly ``r_m``.
+    """``r_hat(r) = alpha + sigmoid(beta * (r - mu))`` by :func:`dbloss.losses.reference.rebalance_map`, in float64.
 
     >>> [round(v, 3) for v in rebalance_map([0.3, 1.0]).tolist()]
     [0.6, 1.099]
@@ -81,10 +71,7 @@ def rebalance_map(r: np.ndarray | Sequence[float], alpha: float = 0.1, beta: flo
     r = np.asarray(r, dtype=np.float64)
     if r.ndim != 1 or not (r > 0).all() or not np.isfinite(r).all():
         raise ValueError("Expected `r` to be a 1-D array of finite values > 0")
-    freq = torch.as_tensor(np.concatenate([[1.0], 1.0 / r]), dtype=torch.float64)
-    targets = torch.zeros(1, len(freq), dtype=torch.int64)
-    targets[0, 0] = 1
-    return rebalance_weight(targets, freq, alpha=alpha, beta=beta, mu=mu)[0, 1:].numpy()
+    return reference.rebalance_map(torch.from_numpy(r), alpha=alpha, beta=beta, mu=mu).numpy()
 
 
 @dataclass
@@ -101,7 +88,7 @@ class WeightAnalysis:
         num_unlabelled: samples without a positive label (left out).
         single_label_fraction: fraction of labelled samples with exactly one positive label.
         alpha, beta, mu: the map's parameters.
-        map_r, map_rhat: the curve r -> r_hat (by the loss module) on a grid.
+        map_r, map_rhat: the curve r -> r_hat (by the loss's reference) on a grid.
     """
 
     class_names: list[str]
@@ -198,8 +185,7 @@ def weight_analysis(
     if empty:
         raise ValueError(f"Classes without a positive sample have no re-balancing weight: {empty}")
     r = rebalance_ratio(y, stats.class_freq)
-    freq64 = torch.as_tensor(stats.class_freq, dtype=torch.float64)
-    r_hat = rebalance_weight(torch.as_tensor(y), freq64, alpha=alpha, beta=beta, mu=mu).numpy()
+    r_hat = reference.rebalance_map(torch.from_numpy(r), alpha=alpha, beta=beta, mu=mu).numpy()
     labelled = y.sum(1) > 0
     pos = (y == 1) & labelled[:, None]
     neg = (y == 0) & labelled[:, None]

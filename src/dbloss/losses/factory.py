@@ -29,8 +29,10 @@ from typing import Any, Literal, Mapping
 import torch
 from torch import nn
 
-from dbloss.losses import functional as LF
+from dbloss.losses._common import validate_class_freq
+from dbloss.losses.baselines import class_balanced_weight, inverse_frequency_weight
 from dbloss.losses.modules import AsymmetricLoss, DistributionBalancedLoss, LDAMLoss, SigmoidFocalLoss
+from dbloss.losses.reference import DBParams
 
 __all__ = ["LOSS_NAMES", "build_loss"]
 
@@ -70,8 +72,12 @@ _STRUCTURAL = frozenset({"class_freq", "num_samples", "num_classes", "class_weig
 
 
 def _keywords(module: type[nn.Module]) -> set[str]:
+    """The keyword arguments of ``module`` (for the DB loss, also the fields of :class:`DBParams`)."""
     params = inspect.signature(module.__init__).parameters
-    return {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY} - _STRUCTURAL
+    names = {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    if module is DistributionBalancedLoss:
+        names |= {"params", *DBParams.names()}
+    return names - _STRUCTURAL
 
 
 def build_loss(name: str, class_freq: Any, num_samples: int | float, **overrides: Any) -> nn.Module:
@@ -104,7 +110,7 @@ def build_loss(name: str, class_freq: Any, num_samples: int | float, **overrides
     unknown = sorted(set(overrides) - allowed)
     if unknown:
         raise TypeError(f"Loss {name!r} got unexpected argument(s) {unknown}; valid ones are {sorted(allowed)}")
-    freq = LF.validate_class_freq(class_freq, num_samples)
+    freq = validate_class_freq(class_freq, num_samples)
     kwargs = {**recipe.defaults, **overrides}
     if recipe.module is DistributionBalancedLoss:
         return DistributionBalancedLoss(freq, num_samples, **kwargs)
@@ -115,9 +121,9 @@ def build_loss(name: str, class_freq: Any, num_samples: int | float, **overrides
     cb_beta = kwargs.pop("cb_beta", None)
     weight: torch.Tensor | None = None
     if recipe.weighting == "inverse":
-        weight = LF.inverse_frequency_weight(freq, power=1.0)
+        weight = inverse_frequency_weight(freq, power=1.0)
     elif recipe.weighting == "inverse-sqrt":
-        weight = LF.inverse_frequency_weight(freq, power=0.5)
+        weight = inverse_frequency_weight(freq, power=0.5)
     elif recipe.weighting == "class-balanced":
-        weight = LF.class_balanced_weight(freq, beta=cb_beta)
+        weight = class_balanced_weight(freq, beta=cb_beta)
     return SigmoidFocalLoss(len(freq), class_weight=weight, **kwargs)

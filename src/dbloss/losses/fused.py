@@ -12,9 +12,10 @@ build does not leave held); the build needs a C++ compiler and takes 10-30 s. Ca
 it ahead of time, e.g. before ``torchrun`` starts many processes.
 
 :func:`available` tells whether the kernel can be used; when the build fails (no compiler, say)
-the DB losses fall back to the pure-torch path with a one-time warning. Both paths compute the
-same equations (tests compare them in value and gradient); the kernel runs on the CPU for
-float32/float64; like the torch path, it has a first derivative only (double backward raises).
+the DB losses fall back to the pure-torch path with a one-time warning
+(:func:`dbloss.losses.fast.select_backend` decides). The kernel computes the equations of
+:mod:`dbloss.losses.reference` (tests compare the two in value and gradient); it runs on the CPU
+for float32/float64 and has a first derivative only (double backward raises).
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ def self_check(batch: int = 64, classes: int = 50, seed: int = 0) -> dict[str, f
 
     Returns the largest absolute differences of the loss (reduction "none") and of the gradient.
     """
-    from dbloss.losses import functional as LF
+    from dbloss.losses.reference import distribution_balanced_loss
 
     build(verbose=False)
     g = torch.Generator().manual_seed(seed)
@@ -168,7 +169,7 @@ def self_check(batch: int = 64, classes: int = 50, seed: int = 0) -> dict[str, f
     out = {}
     for backend in ("kernel", "torch"):
         z = logits.clone().requires_grad_(True)
-        loss = LF.distribution_balanced_loss(z, targets, freq, 2000, reduction="none", backend=backend)
+        loss = distribution_balanced_loss(z, targets, freq, 2000, reduction="none", backend=backend)
         loss.sum().backward()
         out[backend] = (loss.detach(), z.grad)
     return {"max_abs_loss_diff": float((out["kernel"][0] - out["torch"][0]).abs().max()),

@@ -4,7 +4,8 @@
 // focal BCE, reduces the loss and writes dL/dz, so backward is a single multiply by the incoming
 // gradient. The element-wise part uses ATen's vectorised math (at::vec, SLEEF), the row loop
 // torch's intra-op thread pool (at::parallel_for). The equations are those of
-// dbloss.losses.functional.distribution_balanced_loss; tests compare the two paths.
+// dbloss/losses/reference.py (the paper's); tests compare this kernel with it. A label outside
+// {0, 1, ignore} raises ValueError; dbloss.losses.fast then reports it as dbloss.labels does.
 //
 // For row i (sample) and column k (class), y in {0, 1, ignore}:
 //   d_i   = sum_{k : y_ik = 1} inv_freq_k
