@@ -181,6 +181,8 @@ def test_works_with_a_dataloader() -> None:
         (np.ones((0, 3)), {}, ValueError, "at least one row"),
         (np.array([[1, 2], [0, 1]]), {}, ValueError, r"values in \{0, 1\}.*2.*\(0, 1\)"),
         (np.array([[1.0, np.nan], [0, 1]]), {}, ValueError, r"\(0, 1\)"),
+        # a tiny value that a float sum would absorb into the count of ones is still not a label
+        (np.array([[1.0, 1e-20], [0, 1]]), {}, ValueError, r"1e-20.*\(0, 1\)"),
         (np.array([[1, 0, 0], [1, 0, 0]]), {}, ValueError, r"2 class\(es\).*\[1, 2\]"),
         (np.eye(3), {"num_samples_cls": 0}, ValueError, "num_samples_cls"),
         (np.eye(3), {"reduce": 0}, ValueError, "reduce"),

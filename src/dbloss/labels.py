@@ -43,15 +43,29 @@ def _as_tensor(labels: Any, name: str) -> torch.Tensor:
     return torch.from_numpy(arr)
 
 
-def _bad_value_error(t: torch.Tensor, bad: torch.Tensor, name: str, valid: str,
+def _bad_value_error(t: torch.Tensor, bad: np.ndarray | torch.Tensor, name: str, valid: str,
                      offset: tuple[int, int]) -> ValueError:
-    i, k = (int(v) for v in torch.nonzero(bad)[0])
+    i, k = (int(v) for v in torch.nonzero(torch.as_tensor(bad))[0])
     value = t[i, k].item()
     where = (i + offset[0], k + offset[1])
     if isinstance(value, float) and not np.isfinite(value):
         return ValueError(f"`{name}` contains a non-finite value {value} at (row, class) = {where}; "
                           f"expected values in {valid}")
     return ValueError(f"Expected `{name}` values in {valid}, but got {value!r} at (row, class) = {where}")
+
+
+def _only_zeros_and_ones(a: np.ndarray | torch.Tensor, pos: np.ndarray | torch.Tensor) -> bool:
+    """True when every entry of ``a`` is 0 or 1, given ``pos = a == 1``: the common case's whole check.
+
+    Exact for every dtype: the zeros and the ones make up the whole matrix (a NaN, a negative or
+    a tiny float is neither). For numpy integers, counting the nonzeros is the faster equivalent
+    (~5x for int8); for floats, the comparison with 0 (~1.5x).
+    """
+    if isinstance(a, np.ndarray):
+        if a.dtype.kind == "f":
+            return np.count_nonzero(a == 0) + np.count_nonzero(pos) == a.size
+        return np.count_nonzero(a) == np.count_nonzero(pos)
+    return bool(torch.count_nonzero(a) == torch.count_nonzero(pos))  # one host synchronisation
 
 
 def label_masks(
@@ -74,7 +88,7 @@ def label_masks(
     Returns:
         ``positive`` (N, C) bool, True where the label is 1 (on the labels' device), and
         ``observed`` (N, C) bool, False at ignored entries, or None when nothing is ignored (the
-        common case and the fast one: one min/max pass and a sum instead of five comparisons).
+        common case and the fast one: a comparison and two counts instead of five comparisons).
 
     Raises ``ValueError`` naming the first offending value and its (row, class) position, or the shape.
     """
@@ -87,16 +101,14 @@ def label_masks(
         raise ValueError(f"Expected `{name}` to have at least one row and one column, but got shape {tuple(t.shape)}")
     if t.dtype == torch.bool:
         return t, None
-    if t.numel():
-        lo, hi = (float(v) for v in torch.aminmax(t))
-        if lo >= 0 and hi <= 1:
-            pos = t == 1
-            # in [0, 1], every value is 0 or 1 exactly when the values add up to the count of ones
-            if not t.is_floating_point() or float(t.sum(dtype=torch.float64)) == float(pos.sum()):
-                return pos, None
-    pos = t == 1
-    observed = t != ignore_index if ignore_index is not None else None
-    valid = pos | (t == 0)
+    # On the CPU, numpy's comparison and counts are 2-10x faster than torch's (measured on
+    # 100,000 x 1,000 matrices, one thread); numpy has no bfloat16 and emulates float16.
+    a = t.numpy() if t.device.type == "cpu" and t.dtype not in (torch.float16, torch.bfloat16) else t
+    pos = a == 1
+    if _only_zeros_and_ones(a, pos):
+        return torch.as_tensor(pos), None
+    observed = a != ignore_index if ignore_index is not None else None
+    valid = pos | (a == 0)
     if observed is not None:
         valid |= ~observed
     if not bool(valid.all()):
@@ -104,4 +116,4 @@ def label_masks(
         raise _bad_value_error(t, ~valid, name, allowed, offset)
     if observed is not None and bool(observed.all()):
         observed = None
-    return pos, observed
+    return torch.as_tensor(pos), None if observed is None else torch.as_tensor(observed)

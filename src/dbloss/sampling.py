@@ -15,37 +15,13 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from dbloss.labels import label_masks
 
 __all__ = ["ClassAwareSampler"]
 
 # Below this many items a batch of permutations is drawn as one argsort of random keys (cheap
 # for short rows); from it on, one torch.randperm per permutation (cheap for long ones).
 _RANDPERM_MIN = 32
-
-
-def _positive_mask(labels: Any) -> np.ndarray:
-    """(N, C) bool mask of the positives of a {0, 1} label matrix; ``ValueError`` otherwise.
-
-    Same checks and messages as :func:`dbloss.stats.validate_label_matrix`, without its int64
-    copy and ``np.isin`` (seconds and ~1 GB at N x C = 1e8).
-    """
-    if isinstance(labels, torch.Tensor):
-        labels = labels.detach().cpu().numpy()
-    arr = np.asarray(labels)
-    if arr.ndim != 2:
-        raise ValueError(f"Expected `labels` to be a 2-D (N, C) matrix, but got shape {arr.shape}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"Expected `labels` to have at least one row and one column, but got shape {arr.shape}")
-    if arr.dtype.kind not in "biuf":
-        raise TypeError(f"Expected a numeric or boolean `labels` matrix, but got dtype {arr.dtype}")
-    if arr.dtype == np.bool_:
-        return arr
-    pos = arr == 1
-    bad = ~pos & (arr != 0)  # NaN is bad too
-    if bad.any():
-        where = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"Expected `labels` values in {{0, 1}}, but got {arr[where]!r} at (row, class) = {where}")
-    return pos
 
 
 def _cyclic_permutations(items: torch.Tensor, length: int, g: torch.Generator) -> torch.Tensor:
@@ -117,7 +93,7 @@ class ClassAwareSampler(Sampler[int]):
         rank: int | None = None,
         drop_last: bool = False,
     ) -> None:
-        pos = _positive_mask(labels)
+        pos = label_masks(labels, name="labels", allow_empty=False)[0].cpu().numpy()
         if isinstance(num_samples_cls, bool) or not isinstance(num_samples_cls, int) or num_samples_cls < 1:
             raise ValueError(f"Expected `num_samples_cls` to be a positive integer, but got {num_samples_cls!r}")
         if isinstance(reduce, bool) or not isinstance(reduce, (int, float)) or not reduce > 0 or math.isinf(reduce):
