@@ -107,7 +107,8 @@ def test_run_gradient_analysis_writes_figure_and_json(tmp_path):
 # weights
 # ----------------------------------------------------------------------------------------------
 from dbloss.analysis.weights import rebalance_map, rebalance_ratio, run_weight_analysis, weight_analysis  # noqa: E402
-from dbloss.losses.functional import rebalance_weight  # noqa: E402
+from dbloss.losses import reference  # noqa: E402
+from dbloss.losses.reference import rebalance_weight  # noqa: E402
 
 
 def test_rebalance_map_is_the_papers_smoothing_function():
@@ -115,6 +116,21 @@ def test_rebalance_map_is_the_papers_smoothing_function():
     for alpha, beta, mu in [(0.1, 10.0, 0.3), (0.5, 2.0, 0.1)]:
         ref = alpha + 1 / (1 + np.exp(-beta * (r - mu)))
         np.testing.assert_allclose(rebalance_map(r, alpha, beta, mu), ref, rtol=1e-12)
+
+
+def test_weight_analysis_consumes_the_loss_reference():
+    y = np.array([[1, 0, 1], [0, 1, 1], [0, 0, 0], [1, 1, 1]])
+    freq = [3, 2, 5]
+    r = rebalance_ratio(y, freq)
+    ref = reference.rebalance_ratio(torch.as_tensor(y), torch.tensor(freq, dtype=torch.float64)).numpy()
+    np.testing.assert_array_equal(r, ref)
+    assert np.isinf(r[2]).all()
+    grid = np.array([0.05, 0.3, 1.2])
+    np.testing.assert_array_equal(rebalance_map(grid, 0.2, 5.0, 0.4),
+                                  reference.rebalance_map(torch.from_numpy(grid), 0.2, 5.0, 0.4).numpy())
+    a = weight_analysis(y, ["a", "b", "c"])
+    np.testing.assert_allclose(a.pos_mean_rhat[2], rebalance_weight(torch.as_tensor(y), torch.tensor(
+        [2, 2, 3], dtype=torch.float64))[[0, 1, 3], 2].mean().item(), rtol=1e-12)
 
 
 def test_weights_on_voc_mlt(voc_mlt, tmp_path):

@@ -13,7 +13,8 @@ import sys
 import pytest
 import torch
 
-from dbloss.losses import build_loss
+from dbloss.labels import label_masks
+from dbloss.losses import build_loss, fused
 from dbloss.losses.functional import BACKENDS, distribution_balanced_loss
 
 pytestmark = pytest.mark.usefixtures("kernel")
@@ -101,6 +102,26 @@ def test_bad_label_names_value_and_position(bad, shown):
         with pytest.raises(ValueError, match=r"values in \{0, 1, -1\}.*at \(row, class\) = \(4, 3\)") as info:
             build_loss("db-focal", freq, n, backend=backend)(logits, targets)
         assert shown in str(info.value)
+
+
+@pytest.mark.parametrize("bad", [2.0, 0.5, float("nan"), float("inf"), -2.0, 255.0])
+@pytest.mark.parametrize("ignore", [False, True])
+def test_kernel_label_error_is_the_validators(bad, ignore):
+    """The kernel checks labels in-kernel; its error is reported with dbloss.labels' message, as on every path."""
+    freq, n, logits, targets = _problem(6, 8, torch.float32, ignore=ignore)
+    targets[4, 3] = bad
+    targets[5, 6] = bad  # a later bad entry: the first one is named
+    with pytest.raises(ValueError) as expected:
+        label_masks(targets, -1, name="targets")
+    assert "(row, class) = (4, 3)" in str(expected.value)
+    for backend in ("kernel", "torch", "reference"):
+        with pytest.raises(ValueError) as info:
+            build_loss("db-focal", freq, n, backend=backend)(logits, targets)
+        assert str(info.value) == str(expected.value), backend
+    # the in-kernel check is what caught it on the kernel path: the op itself raises, naming the entry
+    with pytest.raises(ValueError, match=r"at \(row, class\) = \(4, 3\)"):
+        fused.db_focal(logits.contiguous(), targets.contiguous(), 1.0 / freq.float(), None, alpha=0.1, beta=10.0,
+                       mu=0.3, neg_scale=5.0, gamma=2.0, scale=1.0, rebalance=True, ignore_index=-1, reduction="mean")
 
 
 def test_float64_targets_with_float32_logits_are_not_rounded():

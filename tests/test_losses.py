@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import doctest
 import math
 
@@ -9,17 +10,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dbloss.losses import LOSS_NAMES, DistributionBalancedLoss, build_loss
-from dbloss.losses import factory, functional, modules
-from dbloss.losses.functional import (
+from dbloss.labels import label_masks
+from dbloss.losses import LOSS_NAMES, DBParams, DistributionBalancedLoss, build_loss
+from dbloss.losses import _common, baselines, factory, fast, functional, modules, reference
+from dbloss.losses.baselines import (
     asymmetric_loss,
     class_balanced_weight,
-    distribution_balanced_loss,
     inverse_frequency_weight,
     ldam_margin,
-    negative_tolerant_bias,
-    rebalance_weight,
     sigmoid_focal_loss,
+)
+from dbloss.losses.reference import (
+    distribution_balanced_loss,
+    negative_tolerant_bias,
+    rebalance_map,
+    rebalance_ratio,
+    rebalance_weight,
 )
 
 CLASS_FREQ = [40, 17, 9, 3, 1]
@@ -140,6 +146,133 @@ def test_reproduces_original_release(dataset, ours, original, db_backend):
     paper = build_loss("db-focal", CLASS_FREQ, NUM_SAMPLES, init_bias=0.05, **{k: v for k, v in ours.items()
                                                                                 if k != "init_bias"})
     assert not torch.allclose(paper(logits, targets), ref.float().mean())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("hp", [
+    {},
+    {"mu": 0.2, "neg_scale": 2.0, "init_bias": 0.025, "scale": 2.0},
+    {"gamma": 0.0, "alpha": 0.5, "beta": 3.0},
+    {"gamma": 1.5, "neg_scale": 1.0, "init_bias": 0.0},
+    {"rebalance": False},
+])
+def test_reference_matches_paper_equations(seed, hp):
+    logits, targets = _data(seed, ignore=True)
+    logits = logits.double()
+    ref, ref_mean = _paper_db_loss(logits, targets, CLASS_FREQ, NUM_SAMPLES,
+                                   **{k: v for k, v in hp.items() if k != "rebalance"})
+    if hp.get("rebalance") is False:  # r_hat = 1: divide the paper loop's weight out again
+        ref = (torch.tensor(ref, dtype=torch.float64) / rebalance_weight(targets, torch.tensor(
+            CLASS_FREQ, dtype=torch.float64))).tolist()
+        ref_mean = torch.tensor(ref, dtype=torch.float64).sum().item() / int((targets != -1).sum())
+    out = distribution_balanced_loss(logits, targets, CLASS_FREQ, NUM_SAMPLES, reduction="none",
+                                     backend="reference", **hp)
+    torch.testing.assert_close(out, torch.tensor(ref, dtype=torch.float64), rtol=1e-9, atol=1e-12)
+    mod = DistributionBalancedLoss(torch.tensor(CLASS_FREQ), NUM_SAMPLES, backend="reference", **hp)
+    assert mod(logits, targets).item() == pytest.approx(ref_mean, rel=1e-9)
+
+
+# --------------------------------------------------------------------------------------------
+# the fast paths (losses/fast.py) against the reference (losses/reference.py)
+# --------------------------------------------------------------------------------------------
+_SWITCHES = {  # each of re-balancing, NTR and the focal term on and off
+    f"rebalance={rb},ntr={ntr},gamma={g}": {"rebalance": rb, "gamma": g,
+                                            **({} if ntr else {"neg_scale": 1.0, "init_bias": 0.0})}
+    for rb in (True, False) for ntr in (True, False) for g in (0.0, 2.0, 1.5)
+}
+_SWITCHES["beta=0,scale=2,kappa=0.5"] = {"beta": 0.0, "scale": 2.0, "init_bias": 0.5, "neg_scale": 3.0}
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("hp", list(_SWITCHES.values()), ids=list(_SWITCHES))
+def test_fast_paths_match_the_reference(hp, reduction, db_backend):
+    logits, targets = _data(20, b=9, ignore=True)  # ignored entries; row 1 has no positive label
+    targets[5] = -1  # a row with ignored entries only
+    targets[6] = torch.tensor([0, -1, 0, 0, -1])  # no positive, some ignored
+    logits = logits.double()
+    grad_out = (torch.linspace(-1, 2, logits.numel(), dtype=torch.float64).reshape(logits.shape)
+                if reduction == "none" else None)
+
+    def value_and_grad(backend):
+        z = logits.clone().requires_grad_(True)
+        out = distribution_balanced_loss(z, targets, CLASS_FREQ, NUM_SAMPLES, reduction=reduction,
+                                         backend=backend, **hp)
+        out.backward(torch.ones_like(out) if grad_out is None else grad_out)
+        return out.detach(), z.grad
+
+    v_ref, g_ref = value_and_grad("reference")
+    v_fast, g_fast = value_and_grad(db_backend)
+    torch.testing.assert_close(v_fast, v_ref, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(g_fast, g_ref, rtol=1e-9, atol=1e-12)
+    # and in float32, through the module (cached class terms)
+    mod = {b: DistributionBalancedLoss(CLASS_FREQ, NUM_SAMPLES, reduction=reduction, backend=b, **hp)
+           for b in ("reference", db_backend)}
+    torch.testing.assert_close(mod[db_backend](logits.float(), targets), mod["reference"](logits.float(), targets),
+                               rtol=2e-5, atol=1e-6)
+
+
+def test_reference_gradcheck_and_autocast():
+    logits, targets = _data(4, b=4, ignore=True)
+    z = (logits / 3).double().requires_grad_(True)
+    loss_fn = build_loss("db-focal", CLASS_FREQ, NUM_SAMPLES, backend="reference").double()
+    assert torch.autograd.gradcheck(lambda x: loss_fn(x, targets), (z,), eps=1e-6, atol=1e-7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = loss_fn(logits.bfloat16(), targets)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, loss_fn(logits.bfloat16().float(), targets))
+
+
+def test_select_backend_is_the_one_choice():
+    z, t = _data(21)
+    assert fast.select_backend(z, t, "torch") == "torch"
+    assert fast.select_backend(z.to(torch.float16), t, "auto") in ("kernel", "torch")
+    meta = torch.zeros(2, 2, device="meta")
+    assert fast.select_backend(meta, meta, "auto") == "torch"
+    with pytest.raises(ValueError, match="backend='kernel' needs CPU logits"):
+        fast.select_backend(meta, meta, "kernel")
+    _raises(ValueError, r"`backend` to be one of \('auto', 'torch', 'kernel', 'reference'\)",
+            distribution_balanced_loss, z, t, CLASS_FREQ, NUM_SAMPLES, backend="fast")
+
+
+def test_rebalance_ratio_and_map_compose_to_the_weight():
+    targets = torch.tensor([[1, 1, 0], [0, 0, 1], [0, 0, 0], [1, -1, 0]])
+    freq = torch.tensor([2.0, 8.0, 4.0], dtype=torch.float64)
+    r = rebalance_ratio(targets, freq)
+    assert r.dtype == torch.float64 and torch.isinf(r[2]).all()
+    torch.testing.assert_close(r[0], torch.tensor([0.5, 0.125, 0.25], dtype=torch.float64) / 0.625)
+    torch.testing.assert_close(r[3], torch.tensor([1.0, 0.25, 0.5], dtype=torch.float64))  # -1 is not positive
+    torch.testing.assert_close(rebalance_weight(targets, freq), rebalance_map(r))
+    torch.testing.assert_close(rebalance_map(r, 0.2, 0.0, 0.3), torch.full_like(r, 0.7))  # beta = 0, also at r = inf
+    assert rebalance_ratio(targets, [2, 8, 4]).dtype == torch.float32
+    _raises(ValueError, r"values in \{0, 1, -1\}", rebalance_ratio, torch.tensor([[2, 0, 0]]), freq)
+
+
+def test_db_params_is_one_validated_frozen_configuration():
+    p = DBParams(mu=0.2, rebalance=0)
+    assert (p.mu, p.rebalance, p.alpha) == (0.2, False, 0.1) and isinstance(DBParams(gamma=2).gamma, float)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.mu = 0.5
+    _raises(ValueError, r"`neg_scale` to be a finite number > 0", DBParams, neg_scale=0)
+    _raises(TypeError, r"`beta` to be a number", DBParams, beta="x")
+    _raises(TypeError, r"Unknown DB hyper-parameter\(s\) \['lam'\]; valid ones are \['alpha'", DBParams.of, lam=1)
+    assert DBParams.of(p, gamma=0.0) == DBParams(mu=0.2, rebalance=False, gamma=0.0)
+    # params= and keywords on the functional, the module and build_loss give the same loss
+    z, t = _data(22)
+    ref = distribution_balanced_loss(z, t, CLASS_FREQ, NUM_SAMPLES, mu=0.2, rebalance=False)
+    torch.testing.assert_close(distribution_balanced_loss(z, t, CLASS_FREQ, NUM_SAMPLES, p), ref)
+    mod = DistributionBalancedLoss(CLASS_FREQ, NUM_SAMPLES, params=DBParams(mu=0.9), mu=0.2, rebalance=False)
+    assert mod.params == p and mod.mu == 0.2 and "mu=0.2" in repr(mod)
+    torch.testing.assert_close(mod(z, t), ref)
+    torch.testing.assert_close(build_loss("db-focal", CLASS_FREQ, NUM_SAMPLES, params=p)(z, t), ref)
+    assert build_loss("r-bce", CLASS_FREQ, NUM_SAMPLES).params == DBParams(gamma=0.0, neg_scale=1.0, init_bias=0.0)
+
+
+def test_functional_keeps_the_former_names():
+    for name in functional.__all__:
+        assert getattr(functional, name) is not None
+    assert functional.distribution_balanced_loss is reference.distribution_balanced_loss
+    assert functional.sigmoid_focal_loss is baselines.sigmoid_focal_loss
+    assert modules.SigmoidFocalLoss is baselines.SigmoidFocalLoss
 
 
 def test_rebalance_weight_values():
@@ -523,6 +656,6 @@ def test_factory_errors():
 
 
 def test_docstring_examples():
-    for mod in (functional, modules, factory):
+    for mod in (reference, baselines, _common, functional, modules, factory):
         result = doctest.testmod(mod, extraglobs={"torch": torch})
         assert result.failed == 0 and result.attempted > 0, mod.__name__
