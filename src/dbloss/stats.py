@@ -20,6 +20,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from dbloss.labels import label_masks
+
 __all__ = [
     "DEFAULT_HEAD_MIN",
     "DEFAULT_TAIL_MAX",
@@ -69,28 +71,19 @@ def class_split(
 
 
 def validate_label_matrix(labels: Any, ignore_index: int | None = None, name: str = "labels") -> np.ndarray:
-    """Check that ``labels`` is an (N, C) matrix of 0/1 (or ``ignore_index``) and return it as int64.
+    """Check that ``labels`` is an (N, C) matrix of 0/1 (or ``ignore_index``) and return it as int64 numpy.
 
-    Raises ``ValueError`` naming the first offending value and its position.
+    The check is :func:`dbloss.labels.label_masks` (N, C >= 1); this wrapper is for callers that
+    want the int64 values. Raises ``ValueError`` naming the first offending value and its position.
+
+    >>> validate_label_matrix([[1.0, 0.0], [0.0, -1.0]], ignore_index=-1).tolist()
+    [[1, 0], [0, -1]]
     """
-    if hasattr(labels, "detach"):  # torch tensor
-        labels = labels.detach().cpu().numpy()
-    arr = np.asarray(labels)
-    if arr.ndim != 2:
-        raise ValueError(f"Expected `{name}` to be a 2-D (N, C) matrix, but got shape {arr.shape}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"Expected `{name}` to have at least one row and one column, but got shape {arr.shape}")
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        pos = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
-        raise ValueError(f"`{name}` contains a non-finite value at {pos}")
-    allowed = (arr == 0) | (arr == 1)
-    if ignore_index is not None:
-        allowed |= arr == ignore_index
-    if not allowed.all():
-        pos = tuple(int(i) for i in np.argwhere(~allowed)[0])
-        valid = "{0, 1}" if ignore_index is None else f"{{0, 1, {ignore_index}}}"
-        raise ValueError(f"Expected `{name}` values in {valid}, but got {arr[pos].item()!r} at (row, class) = {pos}")
-    return arr.astype(np.int64, copy=False)
+    pos, observed = label_masks(labels, ignore_index, name=name, allow_empty=False)
+    out = pos.cpu().numpy().astype(np.int64)
+    if observed is not None:
+        out[~observed.cpu().numpy()] = ignore_index
+    return out
 
 
 @dataclass
@@ -142,8 +135,7 @@ class LabelStats:
 
         Entries equal to ``ignore_index`` (if given) count as neither positive nor negative.
         """
-        arr = validate_label_matrix(labels, ignore_index)
-        pos = (arr == 1).astype(np.int64)
+        pos = label_masks(labels, ignore_index, allow_empty=False)[0].cpu().numpy().astype(np.int64)
         n, c = pos.shape
         names = list(class_names) if class_names is not None else [f"class_{k}" for k in range(c)]
         return cls(
