@@ -25,13 +25,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from dbloss.files import write_text
 from dbloss.plots import ap_increment_figure, class_distribution_figure, per_class_ap_figure, save_figure
 from dbloss.stats import DEFAULT_HEAD_MIN, DEFAULT_TAIL_MAX, GROUPS, LabelStats, class_split
+from dbloss.tables import COLUMNS, SEED_METRICS, format_mean_sd, results_table, run_cells, seed_table
 
 __all__ = ["load_runs", "results_table", "format_mean_sd", "seed_summary", "seed_table", "select_increment_pair", "write_report"]
 
 _REQUIRED = ("name", "loss", "sampler", "mAP")
-_COLUMNS = ("Run", "Loss", "Sampler", "mAP", "Head", "Medium", "Tail", "Micro-F1", "Macro-F1")
 
 
 def load_runs(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
@@ -87,44 +88,6 @@ def load_runs(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
     return runs
 
 
-def _pct(v: Any) -> str:
-    if v is None:
-        return "–"
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return "–"
-    return "–" if not np.isfinite(f) else f"{100 * f:.2f}"
-
-
-def _row(run: dict[str, Any]) -> list[str]:
-    m = run.get("mAP") or {}
-    return [
-        str(run.get("name", "")), str(run.get("loss", "")), str(run.get("sampler", "")),
-        _pct(m.get("total")), *(_pct(m.get(g)) for g in GROUPS),
-        _pct(run.get("micro_f1")), _pct(run.get("macro_f1")),
-    ]
-
-
-def results_table(runs: Sequence[dict[str, Any]]) -> str:
-    """A Markdown table with one row per run: name, loss, sampler, mAP total/head/medium/tail,
-    micro/macro F1, all x100 with 2 decimals ("–" where a value is missing).
-
-    >>> print(results_table([{"name": "rs", "loss": "bce", "sampler": "class-aware",
-    ...     "mAP": {"total": 0.5, "head": 0.7, "medium": 0.5, "tail": 0.25}, "micro_f1": 0.6, "macro_f1": 0.4}]))
-    | Run | Loss | Sampler | mAP | Head | Medium | Tail | Micro-F1 | Macro-F1 |
-    | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |
-    | rs | bce | class-aware | 50.00 | 70.00 | 50.00 | 25.00 | 60.00 | 40.00 |
-    """
-    esc = lambda s: s.replace("|", "\\|")  # noqa: E731
-    lines = ["| " + " | ".join(_COLUMNS) + " |", "| " + " | ".join(["---"] * 3 + ["---:"] * 6) + " |"]
-    lines += ["| " + " | ".join(esc(c) for c in _row(r)) + " |" for r in runs]
-    return "\n".join(lines)
-
-
-_SEED_METRICS = ("total", *GROUPS, "micro_f1", "macro_f1")
-
-
 def _metric(run: dict[str, Any], key: str) -> float:
     v = run.get("mAP", {}).get(key) if key in ("total", *GROUPS) else run.get(key)
     return float("nan") if v is None else float(v)
@@ -146,7 +109,7 @@ def seed_summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         raise ValueError("Expected at least one run for a seed summary, but got none")
     first = runs[0]
     mean, sd = {}, {}
-    for key in _SEED_METRICS:
+    for key in SEED_METRICS:
         vals = np.array([_metric(r, key) for r in runs], dtype=np.float64)
         vals = vals[np.isfinite(vals)]
         mean[key] = float(vals.mean()) if vals.size else float("nan")
@@ -160,32 +123,11 @@ def seed_summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "seeds": [r.get("seed") for r in runs], "mean": mean, "sd": sd, "per_class_ap": per_class}
 
 
-def format_mean_sd(mean: float, sd: float) -> str:
-    """``"81.50 ± 1.05"`` from fractions (x100, 2 decimals); the mean alone when sd is NaN, "–" without a mean.
-
-    >>> format_mean_sd(0.815, 0.0105), format_mean_sd(0.5, float("nan")), format_mean_sd(float("nan"), 0.1)
-    ('81.50 ± 1.05', '50.00', '–')
-    """
-    if not np.isfinite(mean):
-        return "–"
-    return f"{100 * mean:.2f}" + ("" if not np.isfinite(sd) else f" ± {100 * sd:.2f}")
-
-
-def seed_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A Markdown table of :func:`seed_summary` rows: mean ± sample sd over seeds, x100."""
-    lines = ["| " + " | ".join(_COLUMNS) + " |", "| " + " | ".join(["---"] * 3 + ["---:"] * 6) + " |"]
-    for r in rows:
-        cells = [str(r["name"]), str(r["loss"]), str(r["sampler"])]
-        cells += [format_mean_sd(r["mean"][k], r["sd"][k]) for k in _SEED_METRICS]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines)
-
-
 def _html_table(runs: Sequence[dict[str, Any]]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in _COLUMNS)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
     body = []
     for r in runs:
-        cells = _row(r)
+        cells = run_cells(r)
         tds = "".join(f"<td>{html.escape(c)}</td>" for c in cells[:3]) + "".join(f'<td class="num">{c}</td>' for c in cells[3:])
         body.append(f"<tr>{tds}</tr>")
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>"
@@ -322,7 +264,7 @@ def write_report(
         md += [f"![{caption}]({path.name})", "", f"*{caption}*", ""]
     md += [f"> Note: {n}" for n in notes]
     md_path = out / "report.md"
-    md_path.write_text("\n".join(md).rstrip() + "\n")
+    write_text(md_path, "\n".join(md).rstrip() + "\n")
 
     parts = [
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
@@ -339,7 +281,7 @@ def write_report(
                      f"<figcaption>{html.escape(caption)}</figcaption></figure>")
     parts += ["</body>", "</html>"]
     html_path = out / "report.html"
-    html_path.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    write_text(html_path, "\n".join(parts) + "\n")
 
     result = {"markdown": md_path, "html": html_path}
     result.update({key: path for key, _, path in figures})
