@@ -45,3 +45,15 @@ def test_update_marked_block(tmp_path):
     assert doc.read_text() == "a\n<!-- t -->\nnew $1 \\1 text\n<!-- /t -->\nb\n"
     with pytest.raises(ValueError, match="no block <!-- u -->"):
         update_marked_block(doc, "u", "x")
+
+
+def test_reading_demo_data_never_generates_it(tmp_path):
+    from dbloss.data.demo import find_demo_dataset
+    from dbloss.errors import UsageError
+    from dbloss.pipeline import build_data
+
+    with pytest.raises(UsageError, match=r"no complete demo dataset in .*`dbloss data make-demo "):
+        find_demo_dataset(tmp_path / "data")
+    with pytest.raises(UsageError, match="dbloss data make-demo"):
+        build_data(load_config("demo/rs", [f"data_root={tmp_path / 'data'}"]))
+    assert not (tmp_path / "data").exists()

@@ -2,7 +2,8 @@
 
 :func:`build_data` returns the train / (optional) validation / test ``Dataset``s, the training
 label matrix (for the label statistics, the losses and the class-aware sampler) and, for
-feature inputs, the feature dimension.
+feature inputs, the feature dimension. It only reads: :func:`prepare_data` is the explicit
+step that generates the built-in demo images first (``dbloss train`` and ``dbloss demo`` call it).
 """
 
 from __future__ import annotations
@@ -13,41 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from dbloss.config import TrainConfig
+from dbloss.data.features import FeatureDataset, load_feature_file
 from dbloss.data.table import MultiLabelSet
+from dbloss.errors import UsageError
 
-__all__ = ["DataBundle", "FeatureDataset", "build_data", "read_tables", "load_feature_file"]
+__all__ = ["DataBundle", "build_data", "prepare_data", "read_tables", "text_vectorizer"]
 
 log = logging.getLogger(__name__)
-
-
-class FeatureDataset(Dataset):
-    """Precomputed features: ``__getitem__(i) -> (features (D,) float32, target (C,) float32, i)``.
-
-    ``features`` is a dense (N, D) array/tensor or a SciPy sparse matrix (rows are densified
-    one at a time, so a large TF-IDF matrix never has to fit in memory densely).
-    """
-
-    def __init__(self, features: Any, labels: np.ndarray) -> None:
-        if features.shape[0] != labels.shape[0]:
-            raise ValueError(f"Expected as many feature rows as label rows, but got {features.shape[0]} and "
-                             f"{labels.shape[0]}")
-        self.features = features
-        self.sparse = hasattr(features, "tocsr")
-        if self.sparse:
-            self.features = features.tocsr()
-        self.targets = torch.as_tensor(np.asarray(labels), dtype=torch.float32)
-
-    def __len__(self) -> int:
-        return int(self.targets.shape[0])
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        row = self.features[i]
-        x = torch.from_numpy(np.asarray(row.toarray()[0] if self.sparse else row, dtype=np.float32))
-        return x, self.targets[i], i
 
 
 @dataclass
@@ -66,25 +42,19 @@ class DataBundle:
         return "image" if self.in_features is None else "features"
 
 
-def load_feature_file(path: str | Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
-    """Read precomputed features: a ``.npz`` (or ``.pt`` dict) with ``features`` (N, D),
-    ``labels`` (N, C) and optionally ``class_names`` (C,)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"feature file not found: {path}")
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    else:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("features", "labels"):
-        if key not in data:
-            raise ValueError(f"{path}: missing array {key!r} (found {sorted(data)})")
-    feats = np.asarray(data["features"], dtype=np.float32)
-    if feats.ndim != 2 or not np.isfinite(feats).all():
-        raise ValueError(f"{path}: `features` must be a finite (N, D) matrix, got shape {feats.shape}")
-    names = [str(c) for c in data["class_names"]] if "class_names" in data else None
-    return feats, np.asarray(data["labels"]), names
+def demo_root(cfg: TrainConfig) -> Path:
+    """Where a ``dataset=demo`` recipe's images are (``data_root``, default ``demo_data``)."""
+    return Path(cfg.data_root or "demo_data")
+
+
+def prepare_data(cfg: TrainConfig) -> None:
+    """The one step that writes data: generate what a recipe reads but no one downloads (the
+    built-in demo dataset, once: later calls reuse it). Entry points call it before
+    :func:`build_data` (on one rank); building datasets only reads."""
+    if cfg.dataset == "demo":
+        from dbloss.data.demo import generate_demo_dataset
+
+        generate_demo_dataset(demo_root(cfg), seed=0)
 
 
 def read_tables(cfg: TrainConfig) -> tuple[MultiLabelSet, MultiLabelSet]:
@@ -102,9 +72,9 @@ def read_tables(cfg: TrainConfig) -> tuple[MultiLabelSet, MultiLabelSet]:
         train = coco.read_coco(root / "annotations" / "instances_train2017.json", root / "train2017")
         test = coco.read_coco(root / "annotations" / "instances_val2017.json", root / "val2017")
     elif kind == "demo":
-        from dbloss.data.demo import generate_demo_dataset
+        from dbloss.data.demo import find_demo_dataset
 
-        paths = generate_demo_dataset(cfg.data_root or "demo_data", seed=0)
+        paths = find_demo_dataset(demo_root(cfg))
         train = coco.read_coco(paths.train_json, paths.image_root)
         test = coco.read_coco(paths.test_json, paths.image_root)
     elif kind in ("coco-json", "csv"):
@@ -121,7 +91,10 @@ def read_tables(cfg: TrainConfig) -> tuple[MultiLabelSet, MultiLabelSet]:
         raise ValueError(f"dataset={kind!r} is not an image dataset")
     if cfg.subset:
         ids = published.load_id_list(cfg.subset)
-        train = train.select_ids(ids)
+        try:
+            train = train.select_ids(ids)
+        except KeyError as e:  # select_ids' documented error: ids of the list that the data lacks
+            raise UsageError(f"subset {cfg.subset}: {e.args[0]}") from None
         log.info("training subset %s: %d images", cfg.subset, len(train))
     if train.class_names != test.class_names:
         raise ValueError(f"train and test class names differ: {train.class_names} vs {test.class_names}")

@@ -61,8 +61,11 @@ import torch
 from torchvision.io import write_png
 
 from dbloss.data.longtail import make_longtail_subset
+from dbloss.errors import UsageError
+from dbloss.files import write_json
 
-__all__ = ["DEMO_CLASSES", "DEMO_PARTNERS", "DemoPaths", "generate_demo_dataset", "generate_source_dataset"]
+__all__ = ["DEMO_CLASSES", "DEMO_PARTNERS", "DemoPaths", "find_demo_dataset", "generate_demo_dataset",
+           "generate_source_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -483,6 +486,31 @@ def _paths(out_dir: Path) -> DemoPaths:
     return DemoPaths(train_json=out_dir / "train.json", test_json=out_dir / "test.json", image_root=out_dir / "images")
 
 
+def _parameters(*, seed: int = 0, image_size: int = 64, max_count: int = 800, min_count: int = 4,
+                pareto_shape: float = 6.0, pool_size: int = 8000, pool_decay: float = 0.75,
+                test_per_class: int = 50) -> dict[str, Any]:
+    """The generation parameters recorded in ``manifest.json`` (the defaults: the demo's)."""
+    return {"version": DEMO_VERSION, "seed": int(seed), "image_size": int(image_size), "max_count": int(max_count),
+            "min_count": int(min_count), "pareto_shape": float(pareto_shape), "pool_size": int(pool_size),
+            "pool_decay": float(pool_decay), "test_per_class": int(test_per_class)}
+
+
+def find_demo_dataset(out_dir: str | os.PathLike[str], *, seed: int = 0) -> DemoPaths:
+    """The demo dataset that :func:`generate_demo_dataset` (default parameters) wrote in ``out_dir``.
+
+    Reading never generates: ``dbloss train`` / ``dbloss demo`` generate it first (an explicit
+    step, logged), and ``dbloss data make-demo DIR`` makes it by hand.
+
+    Raises:
+        UsageError: ``out_dir`` holds no complete demo dataset (the message names the command).
+    """
+    out = Path(out_dir)
+    if not _is_complete(out, _parameters(seed=seed)):
+        raise UsageError(f"no complete demo dataset in {out}: generate it with `dbloss data make-demo {out}` "
+                         f"(`dbloss train` and `dbloss demo` generate it on first use)")
+    return _paths(out)
+
+
 def _is_complete(out_dir: Path, params: dict[str, Any]) -> bool:
     manifest = out_dir / "manifest.json"
     try:
@@ -568,21 +596,14 @@ def generate_demo_dataset(
     if not (0 < pool_decay <= 1):
         raise ValueError(f"Expected `pool_decay` in (0, 1], but got {pool_decay!r}")
     out = Path(out_dir)
-    params: dict[str, Any] = {
-        "version": DEMO_VERSION,
-        "seed": int(seed),
-        "image_size": int(image_size),
-        "max_count": int(max_count),
-        "min_count": int(min_count),
-        "pareto_shape": float(pareto_shape),
-        "pool_size": int(pool_size),
-        "pool_decay": float(pool_decay),
-        "test_per_class": int(test_per_class),
-    }
+    params = _parameters(seed=seed, image_size=image_size, max_count=max_count, min_count=min_count,
+                         pareto_shape=pareto_shape, pool_size=pool_size, pool_decay=pool_decay,
+                         test_per_class=test_per_class)
     if not force and _is_complete(out, params):
         logger.info("reusing the demo dataset in %s", out)
         return _paths(out)
 
+    logger.info("generating the built-in demo dataset in %s (once; later runs reuse it)", out)
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     _clear_previous(out)
@@ -599,7 +620,7 @@ def generate_demo_dataset(
         "num_images": {"train": int(len(train)), "test": int(len(test))},
         "class_freq": {"train": train.sum(0).tolist(), "test": test.sum(0).tolist()},
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))  # written last: marks completion
+    write_json(out / "manifest.json", manifest)  # written last: marks completion
     logger.info(
         "demo dataset written to %s: %d train / %d test images in %.1f s",
         out, len(train), len(test), time.perf_counter() - start,
@@ -667,7 +688,7 @@ def generate_source_dataset(
         for i in range(per_class):
             img, _ = _render(row, np.random.default_rng([seed, _SOURCE_SPLIT, k, i]), image_size)
             write_png(img, str(folder / f"{i + 1:06d}.png"), compression_level=6)
-    manifest.write_text(json.dumps({"parameters": params, "classes": list(DEMO_CLASSES)}, indent=1))  # last: complete
+    write_json(manifest, {"parameters": params, "classes": list(DEMO_CLASSES)})  # last: complete
     logger.info("source dataset written to %s: %d classes x %d images in %.1f s", out, len(DEMO_CLASSES), per_class,
                 time.perf_counter() - start)
     return out
