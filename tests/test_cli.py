@@ -64,3 +64,22 @@ def test_train_print_config_shows_the_resolved_recipe_and_trains_nothing(tmp_pat
     assert not list(tmp_path.iterdir())  # nothing trained, nothing written
     assert main(["recipes"]) == 0
     assert "_base" not in capsys.readouterr().out  # bases are not runnable recipes
+
+
+def test_bugs_surface_as_tracebacks_and_bad_input_as_errors(monkeypatch, capsys):
+    import dbloss.cli as cli
+    from dbloss.errors import UsageError
+
+    def raising(exc):
+        def command(args):
+            raise exc
+        return command
+
+    for exc in (TypeError("a bug"), KeyError("a bug"), AttributeError("a bug")):
+        monkeypatch.setattr(cli, "_cmd_recipes", raising(exc))
+        with pytest.raises(type(exc), match="a bug"):
+            main(["recipes"])
+    for exc in (UsageError("bad input"), ValueError("bad input"), FileNotFoundError("bad input")):
+        monkeypatch.setattr(cli, "_cmd_recipes", raising(exc))
+        assert main(["recipes"]) == 2
+        assert "dbloss recipes: error: bad input" in capsys.readouterr().err

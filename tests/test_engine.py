@@ -124,7 +124,7 @@ def test_killed_run_resumes_to_the_same_result(feature_files, tmp_path):
     p.wait()
     assert still_running, "the run finished before it could be killed"
     assert not (killed / "metrics.json").exists()
-    assert torch.load(killed / "checkpoint.pt", weights_only=False)["epoch"] < 12
+    assert torch.load(killed / "checkpoint.pt", weights_only=True)["epoch"] < 12
 
     resumed = _run_cli(["train", recipe(killed), "--no-progress", "--resume"], tmp_path)
     out_res, _ = resumed.communicate(timeout=300)
@@ -167,8 +167,8 @@ def test_two_process_ddp_matches_single_process(tmp_path, sampler):
     got = json.loads((ddp / "metrics.json").read_text())
     assert got["num_test"] == 101
     np.testing.assert_allclose(got["per_class_ap"], ref["per_class_ap"], atol=2e-3)
-    a = torch.load(single / "checkpoint.pt", weights_only=False)["model"]
-    b = torch.load(ddp / "checkpoint.pt", weights_only=False)["model"]
+    a = torch.load(single / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(ddp / "checkpoint.pt", weights_only=True)["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-4)
 
@@ -186,7 +186,7 @@ def test_fp16_autocast_with_grad_scaler_on_cpu(feature_files, tmp_path):
     cfg = load_config(None, feature_overrides(train_f, test_f, tmp_path / "fp16", amp="fp16", neck_dim=16, epochs=2))
     res = train(cfg, progress=False)
     assert res["mAP"]["total"] > 0.4
-    assert "scaler" in torch.load(tmp_path / "fp16" / "checkpoint.pt", weights_only=False)
+    assert "scaler" in torch.load(tmp_path / "fp16" / "checkpoint.pt", weights_only=True)
 
 
 def test_compiled_model_matches_eager(feature_files, tmp_path):
@@ -206,7 +206,7 @@ def test_adamw_option_trains_and_resume_refuses_a_different_optimizer(feature_fi
                                               epochs=2))
     res = train(cfg, progress=False)
     assert res["mAP"]["total"] > 0.6
-    state = torch.load(out / "checkpoint.pt", weights_only=False)["optimizer"]["state"]
+    state = torch.load(out / "checkpoint.pt", weights_only=True)["optimizer"]["state"]
     assert "exp_avg_sq" in next(iter(state.values()))  # Adam moments, not SGD momentum buffers
     sgd = load_config(None, feature_overrides(train_f, test_f, out, epochs=3))
     with pytest.raises(ValueError, match="optimizer='adamw'"):
@@ -283,3 +283,79 @@ def test_patience_stops_early_after_epochs_without_improvement(feature_files, tm
     assert [r["epoch"] for r in logged if r["type"] == "early_stop"] == [stop]
     with pytest.raises(ValueError, match="keep_best=true` with `patience`"):
         load_config(None, feature_overrides(train_f, test_f, out, patience=2))
+
+
+def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(feature_files, tmp_path, capsys):
+    from dbloss.cli import main
+    from dbloss.errors import UsageError
+
+    train_f, test_f = feature_files
+    out = tmp_path / "run"
+    overrides = feature_overrides(train_f, test_f, out, epochs=1)
+    first = train(load_config(None, overrides), progress=False)
+    saved = {f: (out / f).read_bytes() for f in ("metrics.json", "checkpoint.pt", "log.jsonl", "config.yaml")}
+    with pytest.raises(UsageError, match=r"already holds a run \(checkpoint.pt, metrics.json\).*--resume.*--overwrite"):
+        train(load_config(None, overrides), progress=False)
+    recipe = str(write_recipe(tmp_path / "run.yaml", overrides))
+    assert main(["train", recipe, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "--resume" in err and "--overwrite" in err
+    assert {f: (out / f).read_bytes() for f in saved} == saved  # nothing of the finished run was touched
+    assert main(["train", recipe, "--no-progress", "--resume", "--overwrite"]) == 2
+    assert "exclude each other" in capsys.readouterr().err
+    # --resume of a finished run: nothing left to train, the same test result
+    assert main(["train", recipe, "--no-progress", "--resume"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["per_class_ap"] == first["per_class_ap"]
+    # --overwrite: a fresh run in the same folder (its log is the new run's only)
+    assert main(["train", recipe, "--no-progress", "--overwrite"]) == 0
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["type"] == "epoch"] == [1]
+    assert json.loads((out / "metrics.json").read_text())["per_class_ap"] == first["per_class_ap"]
+    again = train(load_config(None, overrides), progress=False, overwrite=True)
+    assert again["per_class_ap"] == first["per_class_ap"]
+
+
+class _TouchOnUnpickle:
+    """Unpickling this object creates ``marker``: a stand-in for a checkpoint that runs code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_checkpoints_and_weights_from_elsewhere_are_read_as_data(feature_files, tmp_path, capsys):
+    from dbloss.cli import main
+    from dbloss.errors import UsageError
+    from dbloss.model import build_model
+
+    train_f, test_f = feature_files
+    out = tmp_path / "run"
+    train(load_config(None, feature_overrides(train_f, test_f, out, epochs=1)), progress=False)
+    good = torch.load(out / "checkpoint.pt", weights_only=True)  # what dbloss writes is plain data
+
+    def evil_file(name: str, marker: Path, state: dict) -> Path:
+        path = tmp_path / name
+        torch.save({**state, "model": _TouchOnUnpickle(marker)}, path)
+        return path
+
+    proof = tmp_path / "proof"  # the payload works: an unsafe load does create its marker
+    torch.load(evil_file("proof.pt", proof, good), weights_only=False)
+    assert proof.is_file()
+
+    marker = tmp_path / "marker"
+    evil = evil_file("evil.pt", marker, good)
+    assert main(["evaluate", str(evil), "--out", str(tmp_path / "eval"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "evil.pt: refused to load" in err and "weights_only=True" in err
+    with pytest.raises(UsageError, match=r"evil\.pt: refused to load"):
+        evaluate_checkpoint(evil, tmp_path / "eval", progress=False)
+    resumed = load_config(None, feature_overrides(train_f, test_f, tmp_path / "resumed", epochs=2))
+    with pytest.raises(UsageError, match=r"evil\.pt: refused to load"):
+        train(resumed, progress=False, resume=str(evil))
+    weights = evil_file("evil.pth", marker, {})
+    with pytest.raises(UsageError, match=r"evil\.pth: refused to load"):
+        build_model(3, backbone="small_cnn", weights=str(weights))
+    assert not marker.exists()
+    assert not (tmp_path / "resumed" / "config.yaml").exists()  # a refused resume writes nothing

@@ -14,13 +14,15 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from dbloss.errors import NonFiniteLossError, UsageError
+
 __all__ = ["main", "get_args_parser"]
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from dbloss.config import load_config
     from dbloss.engine import train
-    from dbloss.report import results_table
+    from dbloss.tables import results_table
 
     overrides = list(args.overrides)
     cfg = load_config(args.recipe, overrides)
@@ -32,7 +34,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(cfg.to_yaml(), end="")
         return 0
     resume: bool | str = False if args.resume is None else (True if args.resume == "" else args.resume)
-    res = train(cfg, resume=resume, progress=not args.no_progress)
+    res = train(cfg, resume=resume, overwrite=args.overwrite, progress=not args.no_progress)
     if res is not None:
         print(results_table([res]))
         print(f"results: {Path(cfg.out_dir) / 'metrics.json'}")
@@ -41,7 +43,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from dbloss.engine import evaluate_checkpoint
-    from dbloss.report import results_table
+    from dbloss.tables import results_table
 
     res = evaluate_checkpoint(args.checkpoint, args.out, list(args.overrides), progress=not args.no_progress)
     print(results_table([res]))
@@ -68,7 +70,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         record = json.loads(path.with_suffix(".json").read_text())
     else:
         if not args.out:
-            raise ValueError("`dbloss pretrain FOLDER` needs --out WEIGHTS.pth")
+            raise UsageError("`dbloss pretrain FOLDER` needs --out WEIGHTS.pth")
         path = Path(args.out)
         record = pretrain(args.data, path, PretrainConfig(**settings), progress=not args.no_progress)
     acc = record.get("val_accuracy")
@@ -149,7 +151,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
                                              class_names=None if table is None else table.class_names)
     else:
         if table is None:
-            raise ValueError(f"`dbloss analyze {args.what}` needs --labels CSV (image_id + one 0/1 column per class)")
+            raise UsageError(f"`dbloss analyze {args.what}` needs --labels CSV (image_id + one 0/1 column per class)")
         if args.what == "resampling":
             res = analysis.run_resampling_analysis(table.labels, table.class_names, out, seed=args.seed)
         else:
@@ -191,6 +193,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run directory (default: runs/<recipe name>)")
     t.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
                    help="continue from RUN_DIR/checkpoint.pt (or the given checkpoint)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the run that --out already holds (without it, or --resume, such a folder is refused)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--print-config", action="store_true",
                    help="print the resolved configuration (YAML, as saved beside the run) and exit without training")
@@ -283,11 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from dbloss.engine import NonFiniteLossError
-
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, TypeError, NonFiniteLossError) as e:
+    except (ValueError, OSError, NonFiniteLossError) as e:  # bad input (UsageError is a ValueError), files; bugs surface
         if args.verbose:
             raise
         print(f"dbloss {args.command}: error: {e}", file=sys.stderr)

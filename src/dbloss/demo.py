@@ -29,7 +29,8 @@ from typing import Any, Literal, Sequence
 
 
 from dbloss.config import TrainConfig, list_recipes, load_config, saved_config_matches
-from dbloss.engine import jsonable, train
+from dbloss.engine import train
+from dbloss.files import write_json, write_text
 
 __all__ = ["DEFAULT_DEMO_RECIPES", "ALL_DEMO_RECIPES", "SETTINGS", "run_demo", "run_recipe_seeds", "update_marked_block"]
 
@@ -73,7 +74,7 @@ def run_recipe_seeds(recipe: str, seeds: Sequence[int], out: Path, overrides: Se
             t0 = time.perf_counter()
             print(f"{tag}: training ({cfg.loss}, {cfg.sampler} sampling, {cfg.epochs} epochs, lr {cfg.lr:g})",
                   flush=True)
-            res = train(cfg, progress=progress)
+            train(cfg, progress=progress, overwrite=True)  # not reusable: a stale or unfinished run is replaced
             res = json.loads((Path(cfg.out_dir) / "metrics.json").read_text())
             print(f"{tag}: mAP {100 * res['mAP']['total']:.2f} in {time.perf_counter() - t0:.0f} s", flush=True)
         results.append(res)
@@ -88,7 +89,7 @@ def update_marked_block(path: str | Path, marker: str, text: str) -> None:
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
     if not pattern.search(doc):
         raise ValueError(f"{path}: no block {begin} ... {end} to update")
-    path.write_text(pattern.sub(lambda _: f"{begin}\n{text.strip()}\n{end}", doc, count=1))
+    write_text(path, pattern.sub(lambda _: f"{begin}\n{text.strip()}\n{end}", doc, count=1))
 
 
 def run_demo(
@@ -140,9 +141,8 @@ def run_demo(
     caption = (f"{setting.capitalize()} setting, seeds {', '.join(map(str, seeds))}: mean ± sample standard deviation over seeds "
                f"(x100; {rows[0]['runs'][0]['num_train']} training / {rows[0]['runs'][0]['num_test']} test images)")
     print(f"\n{caption}\n{table}")
-    (out / "results.md").write_text(f"{caption}\n\n{table}\n")
-    (out / "results.json").write_text(json.dumps(jsonable({"setting": setting, "seeds": list(seeds), "rows": rows,
-                                                           "seconds": seconds}), indent=1, allow_nan=False))
+    write_text(out / "results.md", f"{caption}\n\n{table}\n")
+    write_json(out / "results.json", {"setting": setting, "seeds": list(seeds), "rows": rows, "seconds": seconds})
     first = rows[0]["runs"][0]
     freq, class_names, split = first["train_class_freq"], first["class_names"], first["split"]
     figs = {"per_class_ap.png": per_class_ap_figure(rows, freq, class_names, split)}

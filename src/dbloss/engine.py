@@ -1,10 +1,16 @@
-"""The training loop and evaluation (torchvision-references style, one readable file).
+"""The training loop and evaluation, in the shape of torchvision's classification reference.
 
-``train(cfg)`` builds data, model, loss, sampler and optimiser from a :class:`TrainConfig`,
-trains with the paper's schedule (SGD, or AdamW as an option; linear warm-up, step decay,
-gradient clipping), writes an atomic checkpoint every epoch, and evaluates at the end:
-``metrics.json`` + ``metrics.md``.
+* :func:`train` (the entry point, like the reference's ``main``): builds the run with
+  :func:`build`, trains epoch after epoch with :func:`train_one_epoch` (the paper's schedule:
+  SGD, or AdamW as an option; linear warm-up, step decay, gradient clipping), writes an atomic
+  checkpoint every epoch and tests at the end: ``metrics.json``, ``metrics.md``, ``predictions.npz``.
+* :func:`evaluate` (``-> (scores, targets)``) predicts a dataset; :func:`evaluate_checkpoint`
+  tests a saved checkpoint with the same :func:`build`.
+* Pure helpers: :func:`get_lr`, :func:`lr_step_epochs`, :func:`schedule_warnings`, :func:`result_record`.
+
 Runs in one process or under ``torchrun`` (DistributedDataParallel; only rank 0 logs and saves).
+Checkpoints hold tensors and plain types only and are read with ``weights_only=True``
+(:mod:`dbloss.files`).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import math
 import os
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -24,25 +31,36 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from dbloss.config import TrainConfig, save_config
+from dbloss.config import TrainConfig, load_config, save_config
 from dbloss.distributed import DistEnv, barrier, gather_predictions, init_distributed
+from dbloss.errors import NonFiniteLossError, UsageError
+from dbloss.files import jsonable, load_checkpoint, save_checkpoint, write_json, write_text
 from dbloss.losses import build_loss
 from dbloss.metrics import f1_scores, mean_average_precision, summarize
 from dbloss.model import build_model, is_pretrained, resolve_frozen_stages
-from dbloss.pipeline import DataBundle, build_data
+from dbloss.pipeline import DataBundle, build_data, prepare_data
 from dbloss.pretrain import BUILTIN_WEIGHTS, resolve_weights
 from dbloss.sampling import ClassAwareSampler
 from dbloss.stats import LabelStats
+from dbloss.tables import results_table
 
-__all__ = ["NonFiniteLossError", "build_optimizer", "get_lr", "lr_step_epochs", "schedule_warnings", "train", "evaluate_checkpoint", "predict",
+__all__ = ["NonFiniteLossError", "RUN_FILES", "build", "build_optimizer", "evaluate", "evaluate_checkpoint",
+           "get_lr", "lr_step_epochs", "predict", "schedule_warnings", "result_record", "train", "train_one_epoch",
            "validation_scores"]
 
 log = logging.getLogger(__name__)
 
+#: The files whose presence means that a run folder holds a run (``--resume`` or ``--overwrite`` it).
+RUN_FILES: tuple[str, ...] = ("checkpoint.pt", "best.pt", "metrics.json")
+#: What a run writes and ``--overwrite`` removes first (``log.jsonl`` is appended to, so it must go).
+_REPLACED_FILES: tuple[str, ...] = (*RUN_FILES, "metrics.md", "predictions.npz", "log.jsonl")
+#: Configuration fields a resumed run must share with its checkpoint.
+_RESUME_KEYS: tuple[str, ...] = ("loss", "dataset", "sampler", "seed", "batch_size", "optimizer")
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the message names the iteration and the last good checkpoint."""
 
+# ---------------------------------------------------------------------------------------------
+# Pure helpers: the schedule
+# ---------------------------------------------------------------------------------------------
 
 def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     """SGD with momentum (the paper's) or AdamW (decoupled weight decay), at ``cfg.lr``;
@@ -80,6 +98,33 @@ def get_lr(cfg: TrainConfig, it: int, epoch: int) -> float:
     return lr
 
 
+def _step_warnings(cfg: TrainConfig, steps: list[int]) -> list[str]:
+    out = []
+    for frac, ep in zip(cfg.lr_steps, steps):
+        if ep >= cfg.epochs:
+            out.append(f"lr step at {frac:g} of training falls at epoch {ep + 1} of {cfg.epochs}: it never happens "
+                       f"(the whole run is at the full rate)")
+        elif ep <= 0:
+            out.append(f"lr step at {frac:g} of training falls at epoch 1 of {cfg.epochs}: the run never trains at "
+                       f"the full rate")
+    inside = [s for s in steps if 0 < s < cfg.epochs]
+    if len(set(inside)) < len(inside):
+        out.append(f"lr_steps {cfg.lr_steps} put two decays in the same epoch with epochs={cfg.epochs} ({steps})")
+    return out
+
+
+def _warmup_warnings(cfg: TrainConfig, steps: list[int], iters_per_epoch: int) -> list[str]:
+    total = iters_per_epoch * cfg.epochs
+    if cfg.warmup_iters and cfg.warmup_iters >= total:
+        return [f"warmup_iters={cfg.warmup_iters} is longer than the run ({total} iterations): the learning rate "
+                f"never reaches lr={cfg.lr:g}"]
+    first = min((s for s in steps if 0 < s < cfg.epochs), default=None)
+    if first is not None and cfg.warmup_iters > first * iters_per_epoch:
+        return [f"warmup_iters={cfg.warmup_iters} runs past the first lr step (epoch {first + 1}, iteration "
+                f"{first * iters_per_epoch}): the rate decays before it has reached lr={cfg.lr:g}"]
+    return []
+
+
 def schedule_warnings(cfg: TrainConfig, num_train: int, iters_per_epoch: int, samples_per_epoch: int) -> list[str]:
     """What in a run's settings would silently weaken it, each as a sentence naming the setting:
     a step decay that never happens or happens twice at once, a warm-up longer than the run or
@@ -89,26 +134,8 @@ def schedule_warnings(cfg: TrainConfig, num_train: int, iters_per_epoch: int, sa
         num_train: training samples; iters_per_epoch: optimiser steps per epoch (one rank);
         samples_per_epoch: samples one epoch draws (all ranks).
     """
-    out = []
     steps = lr_step_epochs(cfg)
-    for frac, ep in zip(cfg.lr_steps, steps):
-        if ep >= cfg.epochs:
-            out.append(f"lr step at {frac:g} of training falls at epoch {ep + 1} of {cfg.epochs}: it never happens "
-                       f"(the whole run is at the full rate)")
-        elif ep <= 0:
-            out.append(f"lr step at {frac:g} of training falls at epoch 1 of {cfg.epochs}: the run never trains at "
-                       f"the full rate")
-    if len(set(s for s in steps if 0 < s < cfg.epochs)) < len([s for s in steps if 0 < s < cfg.epochs]):
-        out.append(f"lr_steps {cfg.lr_steps} put two decays in the same epoch with epochs={cfg.epochs} ({steps})")
-    total = iters_per_epoch * cfg.epochs
-    if cfg.warmup_iters and cfg.warmup_iters >= total:
-        out.append(f"warmup_iters={cfg.warmup_iters} is longer than the run ({total} iterations): the learning rate "
-                   f"never reaches lr={cfg.lr:g}")
-    else:
-        first = min((s for s in steps if 0 < s < cfg.epochs), default=None)
-        if first is not None and cfg.warmup_iters > first * iters_per_epoch:
-            out.append(f"warmup_iters={cfg.warmup_iters} runs past the first lr step (epoch {first + 1}, iteration "
-                       f"{first * iters_per_epoch}): the rate decays before it has reached lr={cfg.lr:g}")
+    out = _step_warnings(cfg, steps) + _warmup_warnings(cfg, steps, iters_per_epoch)
     if cfg.batch_size > num_train:
         out.append(f"batch_size={cfg.batch_size} is larger than the {num_train} training samples")
     if cfg.sampler == "class-aware":
@@ -119,6 +146,10 @@ def schedule_warnings(cfg: TrainConfig, num_train: int, iters_per_epoch: int, sa
                        f"epoch-based setting (epochs, lr_steps) is stretched by that factor; adjust `sampler_reduce`")
     return out
 
+
+# ---------------------------------------------------------------------------------------------
+# Devices and loaders
+# ---------------------------------------------------------------------------------------------
 
 def resolve_device(device: str, env: DistEnv) -> torch.device:
     if device == "auto":
@@ -139,6 +170,14 @@ def _autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractCont
     return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
 
 
+def _inputs(x: torch.Tensor, cfg: TrainConfig, device: torch.device) -> torch.Tensor:
+    """A batch of inputs on ``device`` (images channels-last on CUDA when the recipe asks)."""
+    x = x.to(device, non_blocking=True)
+    if x.ndim == 4 and cfg.channels_last and device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 def _loader(ds: Any, batch_size: int, sampler: Any, cfg: TrainConfig, device: torch.device,
             generator: torch.Generator | None = None, drop_last: bool = False) -> DataLoader:
     workers = _num_workers(cfg, device)
@@ -148,6 +187,107 @@ def _loader(ds: Any, batch_size: int, sampler: Any, cfg: TrainConfig, device: to
                       generator=generator)
 
 
+def _train_loader(cfg: TrainConfig, data: DataBundle, env: DistEnv,
+                  device: torch.device) -> tuple[Any, torch.Generator, DataLoader]:
+    """The training sampler (``set_epoch`` it), the loader's generator (seed it) and the loader."""
+    if cfg.batch_size % env.world_size:
+        raise UsageError(f"batch_size={cfg.batch_size} must be divisible by the number of ranks ({env.world_size})")
+    per_rank = cfg.batch_size // env.world_size
+    if cfg.sampler == "class-aware":
+        sampler: Any = ClassAwareSampler(data.train_labels, num_samples_cls=cfg.num_samples_cls,
+                                         reduce=cfg.sampler_reduce, seed=cfg.seed, num_replicas=env.world_size,
+                                         rank=env.rank)
+    else:
+        sampler = DistributedSampler(data.train, num_replicas=env.world_size, rank=env.rank, shuffle=True,
+                                     seed=cfg.seed)
+    generator = torch.Generator()
+    per_epoch = len(sampler)  # samples this rank draws per epoch
+    # a last batch of one sample breaks batch norm in training mode: drop it (it is 1 of the epoch's samples)
+    drop_last = per_epoch % per_rank == 1 and per_epoch > 1
+    loader = _loader(data.train, per_rank, sampler, cfg, device, generator=generator, drop_last=drop_last)
+    if env.is_main:
+        for message in schedule_warnings(cfg, len(data.train), len(loader), per_epoch * env.world_size):
+            log.warning("%s", message)
+        log.info("schedule: %d epochs of %d iterations (%d samples), lr %g decayed x%g at epochs %s, %d warm-up "
+                 "iterations%s", cfg.epochs, len(loader), per_epoch * env.world_size, cfg.lr, cfg.lr_gamma,
+                 [e + 1 for e in lr_step_epochs(cfg)], cfg.warmup_iters,
+                 "; the last sample of each epoch is dropped (a batch of one)" if drop_last else "")
+    return sampler, generator, loader
+
+
+def _batches(loader: DataLoader, show: bool, desc: str) -> Iterator[Any]:
+    if not show:
+        return iter(loader)
+    from tqdm import tqdm
+
+    return iter(tqdm(loader, desc=desc, leave=False, dynamic_ncols=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# The builder shared by train and evaluate_checkpoint
+# ---------------------------------------------------------------------------------------------
+
+def _initial_weights(cfg: TrainConfig, data: DataBundle, env: DistEnv, progress: bool) -> str | None:
+    """``cfg.weights``, with the built-in pretrained backbone made once (by rank 0) and cached."""
+    weights = cfg.weights
+    if weights == BUILTIN_WEIGHTS and data.input_type == "image":
+        if env.is_main:
+            with torch.random.fork_rng(devices=[]):  # pretraining here or not: the same initial model
+                weights = resolve_weights(weights, cfg.backbone, cfg.image_size, cfg.data_root, progress=progress)
+        barrier(env)
+        if not env.is_main:  # the other ranks read the cached file that rank 0 made
+            weights = resolve_weights(weights, cfg.backbone, cfg.image_size, cfg.data_root, progress=False)
+    return weights
+
+
+def build(cfg: TrainConfig, device: torch.device, env: DistEnv, *, label_stats: dict[str, Any] | None = None,
+          progress: bool = True) -> tuple[DataBundle, LabelStats, nn.Module]:
+    """The data, label statistics and model of a recipe, the model on ``device``.
+
+    Training (``label_stats`` None): statistics counted on the training split, the recipe's
+    initial weights and frozen stages. Evaluation (``label_stats`` from a checkpoint): those
+    statistics (the data must have their classes), and a model that will receive the
+    checkpoint's weights, with nothing frozen.
+    """
+    data = build_data(cfg)
+    if label_stats is None:
+        stats = LabelStats.from_labels(data.train_labels, data.class_names, head_min=cfg.head_min,
+                                       tail_max=cfg.tail_max)
+        weights, frozen = _initial_weights(cfg, data, env, progress), cfg.frozen_stages
+    else:
+        stats = LabelStats.from_dict(label_stats)
+        if data.class_names != stats.class_names:
+            raise UsageError(f"the evaluation data's classes {data.class_names[:5]}... differ from the checkpoint's "
+                             f"{stats.class_names[:5]}...")
+        weights, frozen = None, 0
+    model = build_model(len(data.class_names), input_type=data.input_type, backbone=cfg.backbone, weights=weights,
+                        frozen_stages=frozen, neck_dim=cfg.neck_dim, dropout=cfg.dropout,
+                        in_features=data.in_features).to(device)
+    if device.type == "cuda" and cfg.channels_last and data.input_type == "image":
+        model = model.to(memory_format=torch.channels_last)
+    return data, stats, model
+
+
+def _log_model(model: nn.Module, cfg: TrainConfig) -> None:
+    n_frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    n_all = sum(p.numel() for p in model.parameters())
+    origin = f"weights={cfg.weights}" if is_pretrained(cfg.weights) else "from scratch (weights=none)"
+    log.info("model: %s, %s; frozen stages: %d (%d of %d parameters frozen)", cfg.backbone, origin,
+             resolve_frozen_stages(cfg.frozen_stages, cfg.weights), n_frozen, n_all)
+
+
+def _wrap(model: nn.Module, cfg: TrainConfig, env: DistEnv, device: torch.device) -> nn.Module:
+    """What the training step calls: the model under DDP and/or ``torch.compile`` (saved: ``model``)."""
+    net: nn.Module = model
+    if env.distributed:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(net) if cfg.compile else net
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------
+
 @torch.no_grad()
 def predict(model: nn.Module, ds: Any, cfg: TrainConfig, device: torch.device, env: DistEnv) -> torch.Tensor:
     """Sigmoid scores (N, C) on CPU for every sample of ``ds``, gathered from all ranks."""
@@ -156,15 +296,11 @@ def predict(model: nn.Module, ds: Any, cfg: TrainConfig, device: torch.device, e
     if env.distributed and len(ds) % env.world_size and env.is_main:
         log.warning("evaluation: %d samples do not split evenly over %d ranks; padding duplicates are removed",
                     len(ds), env.world_size)
-    loader = _loader(ds, cfg.eval_batch_size, sampler, cfg, device)
     model.eval()
     idx_parts, score_parts = [], []
-    for x, _, idx in loader:
-        x = x.to(device, non_blocking=True)
-        if x.ndim == 4 and cfg.channels_last and device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+    for x, _, idx in _loader(ds, cfg.eval_batch_size, sampler, cfg, device):
         with _autocast(cfg, device):
-            logits = model(x)
+            logits = model(_inputs(x, cfg, device))
         score_parts.append(torch.sigmoid(logits.float()).cpu())
         idx_parts.append(torch.as_tensor(idx))
     indices = torch.cat(idx_parts) if idx_parts else torch.zeros(0, dtype=torch.long)
@@ -179,6 +315,13 @@ def _targets(ds: Any) -> torch.Tensor:
     return torch.as_tensor(ds.table.labels)
 
 
+def evaluate(model: nn.Module, ds: Any, device: torch.device, cfg: TrainConfig,
+             env: DistEnv | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scores, targets)``, both (N, C) on CPU: the model's sigmoid scores for every sample of
+    ``ds`` (gathered from all ranks under ``torchrun``) and the dataset's {0, 1} targets."""
+    return predict(model, ds, cfg, device, env or DistEnv()), _targets(ds)
+
+
 def select_threshold(scores: torch.Tensor, targets: torch.Tensor, search: list[float]) -> float:
     """The global threshold in ``arange(low, high + step/2, step)`` maximising micro-F1."""
     low, high, step = search
@@ -191,7 +334,7 @@ def validation_scores(model: nn.Module, data: DataBundle, cfg: TrainConfig, devi
                       env: DistEnv) -> dict[str, float]:
     """Micro/macro-F1 on the validation split at the threshold the run will use (searched on it when
     ``threshold_search`` is set, else ``cfg.threshold``): what recipes and epochs are chosen on."""
-    val_scores, val_targets = predict(model, data.val, cfg, device, env), _targets(data.val)
+    val_scores, val_targets = evaluate(model, data.val, device, cfg, env)
     threshold = cfg.threshold
     if cfg.threshold_search:
         threshold = select_threshold(val_scores, val_targets, cfg.threshold_search)
@@ -203,330 +346,357 @@ def validation_scores(model: nn.Module, data: DataBundle, cfg: TrainConfig, devi
             "threshold": threshold}
 
 
-def _evaluate(model: nn.Module, data: DataBundle, stats: LabelStats, cfg: TrainConfig, device: torch.device,
-              env: DistEnv, val: dict[str, float] | None = None) -> dict[str, Any]:
-    """Test the model; ``val`` is its :func:`validation_scores` when already computed (keep_best)."""
-    threshold = cfg.threshold
-    if val is None and data.val is not None:
-        val = validation_scores(model, data, cfg, device, env)
-    if val is not None:
-        threshold = val["threshold"]
-    scores = predict(model, data.test, cfg, device, env)
-    targets = _targets(data.test)
-    res = summarize(scores, targets, stats.split, threshold=threshold, class_names=stats.class_names)
-    per_class_f1 = f1_scores(scores, targets, threshold=threshold)["per_class_f1"].double()
-    res["per_class_f1"] = [None if math.isnan(v) else v for v in per_class_f1.tolist()]
-    res["macro_f1_groups"] = {g: _nanmean_or_none(per_class_f1[idx]) for g, idx in stats.split.items()}
-    res["_scores"], res["_targets"] = scores, targets  # written to predictions.npz by rank 0, not to JSON
-    res.update(name=cfg.name, loss=cfg.loss, sampler=cfg.sampler, dataset=cfg.dataset, class_names=stats.class_names,
-               train_class_freq=stats.class_freq.tolist(), split=stats.split, epochs=cfg.epochs, seed=cfg.seed,
-               num_train=int(stats.num_samples), num_test=len(data.test))
-    if val is not None:
-        res["val"] = val
-    return res
-
-
-def jsonable(obj: Any) -> Any:
-    """``obj`` with NaN/inf floats as None and tensors/arrays as lists (strict JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, (torch.Tensor, np.ndarray)):
-        return jsonable(obj.tolist())
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
 def _nanmean_or_none(values: torch.Tensor) -> float | None:
     values = values[~torch.isnan(values)]
     return float(values.mean()) if values.numel() else None
 
 
-def _write_metrics(out: Path, res: dict[str, Any]) -> None:
-    """Write ``metrics.json``, ``metrics.md`` and ``predictions.npz`` (test scores and targets);
-    the in-memory predictions are popped from ``res``."""
-    scores, targets = res.pop("_scores"), res.pop("_targets")
+def result_record(scores: torch.Tensor, targets: torch.Tensor, stats: LabelStats, cfg: TrainConfig,
+                threshold: float) -> dict[str, Any]:
+    """The test metrics of a run (what ``metrics.json`` holds) from its (N, C) scores and targets."""
+    res = summarize(scores, targets, stats.split, threshold=threshold, class_names=stats.class_names)
+    per_class_f1 = f1_scores(scores, targets, threshold=threshold)["per_class_f1"].double()
+    res["per_class_f1"] = [None if math.isnan(v) else v for v in per_class_f1.tolist()]
+    res["macro_f1_groups"] = {g: _nanmean_or_none(per_class_f1[idx]) for g, idx in stats.split.items()}
+    res.update(name=cfg.name, loss=cfg.loss, sampler=cfg.sampler, dataset=cfg.dataset, class_names=stats.class_names,
+               train_class_freq=stats.class_freq.tolist(), split=stats.split, epochs=cfg.epochs, seed=cfg.seed,
+               num_train=int(stats.num_samples), num_test=len(targets))
+    return res
+
+
+def _test(model: nn.Module, data: DataBundle, stats: LabelStats, cfg: TrainConfig, device: torch.device,
+          env: DistEnv, val: dict[str, float] | None = None) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
+    """Test the model at the validation-chosen threshold: ``(record, scores, targets)``; ``val`` is
+    its :func:`validation_scores` when already computed (keep_best)."""
+    if val is None and data.val is not None:
+        val = validation_scores(model, data, cfg, device, env)
+    scores, targets = evaluate(model, data.test, device, cfg, env)
+    res = result_record(scores, targets, stats, cfg, cfg.threshold if val is None else val["threshold"])
+    if val is not None:
+        res["val"] = val
+    return res, scores, targets
+
+
+def _write_results(out: Path, res: dict[str, Any], scores: torch.Tensor, targets: torch.Tensor) -> None:
+    """``metrics.json``, ``metrics.md`` and ``predictions.npz`` (test scores and targets)."""
     np.savez_compressed(out / "predictions.npz", scores=scores.numpy(), targets=targets.numpy())
-    _atomic_write_text(out / "metrics.json", json.dumps(jsonable(res), indent=1, allow_nan=False))
-    from dbloss.report import results_table
-
-    _atomic_write_text(out / "metrics.md", results_table([jsonable(res)]) + "\n")
+    write_json(out / "metrics.json", res)
+    write_text(out / "metrics.md", results_table([jsonable(res)]) + "\n")
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
 
+class _RunLog:
+    """``log.jsonl`` (append-only JSON lines) and TensorBoard scalars; no-ops off rank 0."""
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` with ``torch.save`` to a temporary file, then rename: never a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    def __init__(self, out: Path, env: DistEnv, tensorboard: bool) -> None:
+        self.path = out / "log.jsonl" if env.is_main else None
+        self.writer = None
+        if env.is_main and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
 
-
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-class _JsonLog:
-    """Append-only JSON-lines log (rank 0 only)."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
+            self.writer = SummaryWriter(str(out / "tensorboard"))
 
     def write(self, **record: Any) -> None:
         if self.path is not None:
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
 
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag, value, step)
 
-def _batches(loader: DataLoader, show: bool, desc: str) -> Iterator[Any]:
-    if not show:
-        return iter(loader)
-    from tqdm import tqdm
-
-    return iter(tqdm(loader, desc=desc, leave=False, dynamic_ncols=True))
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
-def train(cfg: TrainConfig, *, resume: bool | str = False, progress: bool = True) -> dict[str, Any]:
+@dataclass
+class _TrainState:
+    """Where training stands: epochs done, the global iteration, the best validated epoch so far."""
+
+    epoch: int = 0
+    iteration: int = 0
+    best: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "micro_f1": -1.0})
+
+
+def _raise_if_non_finite(first_bad: torch.Tensor, epoch: int, checkpoint: Path) -> None:
+    """``first_bad``: (iteration, loss) of the first non-finite loss, iteration -1 while there is none."""
+    it, value = first_bad.tolist()  # a host synchronisation: called at the log interval and at the end of the epoch
+    if it >= 0:
+        last = str(checkpoint) if checkpoint.is_file() else "none (no epoch has finished yet)"
+        raise NonFiniteLossError(f"non-finite loss ({value}) at epoch {epoch + 1}, iteration {int(it)} (global); "
+                                 f"last good checkpoint: {last}")
+
+
+def train_one_epoch(net: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler, loader: DataLoader, cfg: TrainConfig, device: torch.device,
+                    env: DistEnv, epoch: int, it: int, runlog: _RunLog, *, checkpoint: Path,
+                    show: bool = False) -> tuple[int, dict[str, Any]]:
+    """One epoch of training from global iteration ``it``: returns the iteration after it and the
+    epoch's record (mean loss, iterations, seconds).
+
+    The step stays on the device; the host waits for it only at the log interval (and once at the
+    end of the epoch), where the loss is logged and checked. Raises :class:`NonFiniteLossError`,
+    naming the first iteration whose loss (mean over ranks) was not finite, before anything of
+    this epoch is saved.
+    """
+    net.train()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    t0, n_it = time.perf_counter(), 0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    first_bad = torch.tensor([-1.0, 0.0], dtype=torch.float64, device=device)  # (iteration, loss) of the first non-finite
+    bar = _batches(loader, show, f"epoch {epoch + 1}/{cfg.epochs}")
+    for x, y, _ in bar:
+        lr = get_lr(cfg, it, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with _autocast(cfg, device):
+            logits = net(_inputs(x, cfg, device))
+        loss = loss_fn(logits.float(), y.to(device, non_blocking=True))
+        value = loss.detach()
+        if env.distributed:
+            torch.distributed.all_reduce(value)
+            value /= env.world_size
+        new_bad = (first_bad[0] < 0) & ~torch.isfinite(value)
+        first_bad = torch.where(new_bad, torch.stack([torch.full_like(loss_sum, it), value.double()]), first_bad)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        loss_sum += value.double()
+        n_it += 1
+        if it % cfg.log_interval == 0:  # the one host synchronisation of the step (nanoGPT keeps the same)
+            _raise_if_non_finite(first_bad, epoch, checkpoint)
+            value_f = float(value)
+            if show and hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{value_f:.4f}", lr=f"{lr:.2e}")  # type: ignore[attr-defined]
+            runlog.write(type="iter", epoch=epoch + 1, iteration=it, loss=value_f, lr=lr)
+            runlog.scalar("train/loss", value_f, it)
+            runlog.scalar("train/lr", lr, it)
+        it += 1
+    _raise_if_non_finite(first_bad, epoch, checkpoint)
+    return it, {"type": "epoch", "epoch": epoch + 1, "iterations": n_it, "loss": float(loss_sum) / max(n_it, 1),
+                "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _resume_source(out: Path, resume: bool | str) -> Path | None:
+    if not resume:
+        return None
+    src = out / "checkpoint.pt" if resume is True else Path(str(resume))
+    if not src.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {src}")
+    return src
+
+
+def _check_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a run over a folder that holds one, unless resuming or overwriting it."""
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite exclude each other: continue the run in the folder, or replace it")
+    held = [f for f in RUN_FILES if (out / f).exists()]
+    if held and not resume and not overwrite:
+        raise UsageError(f"{out} already holds a run ({', '.join(held)}): pass --resume to continue it or "
+                         f"--overwrite to replace it (train(cfg, resume=True) / train(cfg, overwrite=True)), "
+                         f"or choose another --out")
+
+
+def _read_resume(src: Path, cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+    """The checkpoint to resume from, checked against ``cfg`` before anything is written."""
+    ckpt = load_checkpoint(src, map_location=device)
+    saved_cfg = {"optimizer": "sgd", **ckpt["config"]}  # checkpoints from before the option used SGD
+    for key in _RESUME_KEYS:
+        if saved_cfg.get(key) != getattr(cfg, key):
+            raise UsageError(f"--resume: checkpoint {src} was trained with {key}={saved_cfg.get(key)!r}, "
+                             f"but this run has {key}={getattr(cfg, key)!r}")
+    return ckpt
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _restore(ckpt: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+             scaler: torch.amp.GradScaler, device: torch.device) -> _TrainState:
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scaler.load_state_dict(ckpt["scaler"])
+    torch.set_rng_state(ckpt["rng"]["torch"].cpu())  # RNG states are CPU byte tensors, wherever they were mapped
+    if device.type == "cuda" and "cuda" in ckpt["rng"]:
+        torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), device)
+    state = _TrainState(ckpt["epoch"], ckpt["iteration"])
+    state.best = ckpt.get("best", state.best)
+    return state
+
+
+def _training_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                         state: _TrainState, cfg: TrainConfig, stats: LabelStats,
+                         device: torch.device) -> dict[str, Any]:
+    """What ``checkpoint.pt`` holds: tensors and plain types only (read back with ``weights_only=True``)."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "epoch": state.epoch, "iteration": state.iteration, "rng": _rng_state(device), "config": cfg.to_dict(),
+            "label_stats": stats.to_dict(), "best": state.best}
+
+
+def _start_run_dir(out: Path, cfg: TrainConfig, fresh: bool) -> None:
+    """Create the run folder (rank 0); a fresh run first removes an overwritten run's files."""
+    out.mkdir(parents=True, exist_ok=True)
+    if fresh:
+        for name in _REPLACED_FILES:
+            (out / name).unlink(missing_ok=True)
+    save_config(cfg, out / "config.yaml")
+
+
+def _validate_epoch(model: nn.Module, data: DataBundle, stats: LabelStats, cfg: TrainConfig, device: torch.device,
+                    env: DistEnv, state: _TrainState, runlog: _RunLog, best_path: Path) -> None:
+    """keep_best: validate the epoch just trained and save it as ``best.pt`` when it is the best so far."""
+    val = validation_scores(model, data, cfg, device, env)
+    runlog.write(type="val", epoch=state.epoch, **val)
+    if val["micro_f1"] > state.best["micro_f1"]:  # ties keep the earlier epoch
+        state.best = {"epoch": state.epoch, **val}
+        if env.is_main:  # evaluate_checkpoint reads this file as it reads checkpoint.pt
+            save_checkpoint(best_path, {"model": model.state_dict(), "epoch": state.epoch, "val": val,
+                                        "config": cfg.to_dict(), "label_stats": stats.to_dict()})
+    if env.is_main:
+        log.info("epoch %d/%d: validation micro-F1 %.4f (best: epoch %d, %.4f)", state.epoch, cfg.epochs,
+                 val["micro_f1"], state.best["epoch"], state.best["micro_f1"])
+
+
+def _stops_early(cfg: TrainConfig, state: _TrainState, runlog: _RunLog, env: DistEnv) -> bool:
+    """patience: no better validation micro-F1 for ``patience`` epochs (every rank sees the same scores)."""
+    if not (cfg.patience and state.epoch - state.best["epoch"] >= cfg.patience):
+        return False
+    if env.is_main:
+        log.info("early stop after epoch %d: no better validation micro-F1 for %d epochs (best: epoch %d)",
+                 state.epoch, cfg.patience, state.best["epoch"])
+    runlog.write(type="early_stop", epoch=state.epoch, best_epoch=state.best["epoch"])
+    return True
+
+
+def _best_validated(model: nn.Module, cfg: TrainConfig, state: _TrainState, best_path: Path, device: torch.device,
+                    env: DistEnv) -> dict[str, float] | None:
+    """keep_best: load the best validated epoch into ``model``; its validation scores (no second pass)."""
+    if not (cfg.keep_best and state.best["epoch"] > 0):
+        return None
+    model.load_state_dict(load_checkpoint(best_path, map_location=device)["model"])
+    if env.is_main:
+        log.info("testing epoch %d, the best on validation (micro-F1 %.4f)", state.best["epoch"],
+                 state.best["micro_f1"])
+    return {k: state.best[k] for k in ("micro_f1", "macro_f1", "mAP", "threshold") if k in state.best}
+
+
+def _open_run(cfg: TrainConfig, env: DistEnv, device: torch.device, resume: bool | str,
+              overwrite: bool) -> dict[str, Any] | None:
+    """Check the run folder, read the checkpoint to resume from (None for a fresh run), then
+    (rank 0) create the folder, save the configuration and generate the data that needs it."""
+    out = Path(cfg.out_dir)
+    src = _resume_source(out, resume)
+    _check_run_dir(out, resume=src is not None, overwrite=overwrite)
+    ckpt = _read_resume(src, cfg, device) if src is not None else None
+    if env.is_main:
+        _start_run_dir(out, cfg, fresh=ckpt is None)
+        prepare_data(cfg)  # the explicit generation step (the demo images), once, on rank 0
+        if ckpt is not None:
+            log.info("resumed from %s at epoch %d (iteration %d)", src, ckpt["epoch"], ckpt["iteration"])
+    barrier(env)
+    return ckpt
+
+
+def _finish(model: nn.Module, data: DataBundle, stats: LabelStats, cfg: TrainConfig, device: torch.device,
+            env: DistEnv, state: _TrainState, runlog: _RunLog) -> dict[str, Any]:
+    """Test the trained (or best validated) model and write the run's results (rank 0)."""
+    out = Path(cfg.out_dir)
+    best_val = _best_validated(model, cfg, state, out / "best.pt", device, env)
+    res, scores, targets = _test(model, data, stats, cfg, device, env, val=best_val)
+    if cfg.keep_best:
+        res["best_epoch"], res["epochs_run"] = state.best["epoch"], state.epoch
+    if env.is_main:
+        _write_results(out, res, scores, targets)
+        runlog.write(type="eval", **{k: res[k] for k in ("mAP", "micro_f1", "macro_f1", "threshold")})
+        for k, v in res["mAP"].items():
+            runlog.scalar(f"test/mAP_{k}", v, state.iteration)
+    runlog.close()
+    return res
+
+
+def train(cfg: TrainConfig, *, resume: bool | str = False, overwrite: bool = False,
+          progress: bool = True) -> dict[str, Any]:
     """Train and evaluate a recipe; returns the final metrics (as written to ``metrics.json``).
 
     Args:
         cfg: the resolved recipe.
         resume: ``True`` continues from ``out_dir/checkpoint.pt``; a path continues from that file.
+        overwrite: replace the run that ``out_dir`` holds; without it (or ``resume``), a folder
+            holding a run (:data:`RUN_FILES`) is refused, so a repeated command loses nothing.
         progress: show a per-iteration progress bar (rank 0 only).
     """
     env = init_distributed(cfg.device)
     device = resolve_device(cfg.device, env)
-    out = Path(cfg.out_dir)
-    if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
+    out, ckpt_path, best_path = Path(cfg.out_dir), Path(cfg.out_dir) / "checkpoint.pt", Path(cfg.out_dir) / "best.pt"
+    ckpt = _open_run(cfg, env, device, resume, overwrite)
     torch.manual_seed(cfg.seed)  # the entry point of a run seeds once; library parts use their own generators
-
-    data = build_data(cfg)
-    stats = LabelStats.from_labels(data.train_labels, data.class_names, head_min=cfg.head_min, tail_max=cfg.tail_max)
+    data, stats, model = build(cfg, device, env, progress=progress)
     if env.is_main:
         stats.save(out / "label_stats.json")
-    weights = cfg.weights
-    if weights == BUILTIN_WEIGHTS and data.input_type == "image":  # made once (by rank 0), then cached
-        if env.is_main:
-            with torch.random.fork_rng(devices=[]):  # pretraining here or not: the same initial model
-                weights = resolve_weights(weights, cfg.backbone, cfg.image_size, cfg.data_root, progress=progress)
-        barrier(env)
-        if not env.is_main:  # the other ranks read the cached file that rank 0 made
-            weights = resolve_weights(weights, cfg.backbone, cfg.image_size, cfg.data_root, progress=False)
-    model = build_model(len(data.class_names), input_type=data.input_type, backbone=cfg.backbone,
-                        weights=weights, frozen_stages=cfg.frozen_stages, neck_dim=cfg.neck_dim,
-                        dropout=cfg.dropout, in_features=data.in_features).to(device)
-    if env.is_main and data.input_type == "image":
-        n_frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-        n_all = sum(p.numel() for p in model.parameters())
-        origin = f"weights={cfg.weights}" if is_pretrained(cfg.weights) else "from scratch (weights=none)"
-        log.info("model: %s, %s; frozen stages: %d (%d of %d parameters frozen)", cfg.backbone, origin,
-                 resolve_frozen_stages(cfg.frozen_stages, cfg.weights), n_frozen, n_all)
-    if device.type == "cuda" and cfg.channels_last and data.input_type == "image":
-        model = model.to(memory_format=torch.channels_last)
+        if data.input_type == "image":
+            _log_model(model, cfg)
     loss_fn = build_loss(cfg.loss, torch.as_tensor(stats.class_freq), stats.num_samples, **cfg.loss_args).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(params, cfg)
+    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-
-    start_epoch, it = 0, 0
-    ckpt_path, best_path = out / "checkpoint.pt", out / "best.pt"
-    best: dict[str, Any] = {"epoch": 0, "micro_f1": -1.0}  # keep_best: the best validated epoch so far
-    if resume:
-        src = ckpt_path if resume is True else Path(str(resume))
-        if not src.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {src}")
-        ckpt = torch.load(src, map_location=device, weights_only=False)
-        saved_cfg = {"optimizer": "sgd", **ckpt["config"]}  # checkpoints from before the option used SGD
-        for key in ("loss", "dataset", "sampler", "seed", "batch_size", "optimizer"):
-            if saved_cfg.get(key) != getattr(cfg, key):
-                raise ValueError(f"--resume: checkpoint {src} was trained with {key}={saved_cfg.get(key)!r}, "
-                                 f"but this run has {key}={getattr(cfg, key)!r}")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, it = ckpt["epoch"], ckpt["iteration"]
-        best = ckpt.get("best", best)
-        _set_rng_state(ckpt["rng"], device)
-        if env.is_main:
-            log.info("resumed from %s at epoch %d (iteration %d)", src, start_epoch, it)
-
-    net: nn.Module = model
-    if env.distributed:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        net = torch.compile(net)
-
-    if cfg.batch_size % env.world_size:
-        raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the number of ranks ({env.world_size})")
-    per_rank = cfg.batch_size // env.world_size
-    if cfg.sampler == "class-aware":
-        sampler: Any = ClassAwareSampler(data.train_labels, num_samples_cls=cfg.num_samples_cls,
-                                         reduce=cfg.sampler_reduce, seed=cfg.seed, num_replicas=env.world_size,
-                                         rank=env.rank)
-    else:
-        sampler = DistributedSampler(data.train, num_replicas=env.world_size, rank=env.rank, shuffle=True,
-                                     seed=cfg.seed)
-    loader_gen = torch.Generator()
-    per_epoch = len(sampler)  # samples this rank draws per epoch
-    # a last batch of one sample breaks batch norm in training mode: drop it (it is 1 of the epoch's samples)
-    drop_last = per_epoch % per_rank == 1 and per_epoch > 1
-    loader = _loader(data.train, per_rank, sampler, cfg, device, generator=loader_gen, drop_last=drop_last)
-    if env.is_main:
-        for message in schedule_warnings(cfg, len(data.train), len(loader), per_epoch * env.world_size):
-            log.warning("%s", message)
-        log.info("schedule: %d epochs of %d iterations (%d samples), lr %g decayed x%g at epochs %s, %d warm-up "
-                 "iterations%s", cfg.epochs, len(loader), per_epoch * env.world_size, cfg.lr, cfg.lr_gamma,
-                 [e + 1 for e in lr_step_epochs(cfg)], cfg.warmup_iters,
-                 "; the last sample of each epoch is dropped (a batch of one)" if drop_last else "")
-
-    writer = None
-    if env.is_main and cfg.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out / "tensorboard"))
-    jlog = _JsonLog(out / "log.jsonl" if env.is_main else None)
-    show = progress and env.is_main
-
-    last_epoch = start_epoch
-    for epoch in range(start_epoch, cfg.epochs):
-        if cfg.patience and best["epoch"] and epoch - best["epoch"] >= cfg.patience:
+    state = _TrainState() if ckpt is None else _restore(ckpt, model, optimizer, scaler, device)
+    net = _wrap(model, cfg, env, device)
+    sampler, loader_gen, loader = _train_loader(cfg, data, env, device)
+    runlog = _RunLog(out, env, cfg.tensorboard)
+    for epoch in range(state.epoch, cfg.epochs):
+        if cfg.patience and state.best["epoch"] and epoch - state.best["epoch"] >= cfg.patience:
             break  # resumed after an early stop
-        last_epoch = epoch + 1
         sampler.set_epoch(epoch)
         loader_gen.manual_seed(cfg.seed + epoch)  # worker seeds for this epoch
-        net.train()
-        t0, loss_sum, n_it = time.perf_counter(), 0.0, 0
-        bar = _batches(loader, show, f"epoch {epoch + 1}/{cfg.epochs}")
-        for x, y, _ in bar:
-            lr = get_lr(cfg, it, epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if x.ndim == 4 and device.type == "cuda" and cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(cfg, device):
-                logits = net(x)
-            loss = loss_fn(logits.float(), y)
-            value = loss.detach()
-            if env.distributed:
-                torch.distributed.all_reduce(value)
-                value /= env.world_size
-            value_f = float(value)
-            if not math.isfinite(value_f):
-                last = str(ckpt_path) if ckpt_path.is_file() else "none (no epoch has finished yet)"
-                raise NonFiniteLossError(f"non-finite loss ({value_f}) at epoch {epoch + 1}, iteration {it} "
-                                         f"(global); last good checkpoint: {last}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            loss_sum, n_it = loss_sum + value_f, n_it + 1
-            if show and hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{value_f:.4f}", lr=f"{lr:.2e}")  # type: ignore[attr-defined]
-            if it % cfg.log_interval == 0:
-                jlog.write(type="iter", epoch=epoch + 1, iteration=it, loss=value_f, lr=lr)
-                if writer is not None:
-                    writer.add_scalar("train/loss", value_f, it)
-                    writer.add_scalar("train/lr", lr, it)
-            it += 1
-        summary = {"type": "epoch", "epoch": epoch + 1, "iterations": n_it, "loss": loss_sum / max(n_it, 1),
-                   "seconds": round(time.perf_counter() - t0, 2)}
-        jlog.write(**summary)
+        state.iteration, summary = train_one_epoch(net, loss_fn, optimizer, scaler, loader, cfg, device, env, epoch,
+                                                   state.iteration, runlog, checkpoint=ckpt_path,
+                                                   show=progress and env.is_main)
+        state.epoch = epoch + 1
+        runlog.write(**summary)
         if env.is_main:
-            log.info("epoch %d/%d: loss %.4f (%d iterations, %.1f s)", epoch + 1, cfg.epochs, summary["loss"], n_it,
-                     summary["seconds"])
+            log.info("epoch %d/%d: loss %.4f (%d iterations, %.1f s)", state.epoch, cfg.epochs, summary["loss"],
+                     summary["iterations"], summary["seconds"])
         if cfg.keep_best:
-            val = validation_scores(model, data, cfg, device, env)
-            jlog.write(type="val", epoch=epoch + 1, **val)
-            if val["micro_f1"] > best["micro_f1"]:  # ties keep the earlier epoch
-                best = {"epoch": epoch + 1, **val}
-                if env.is_main:  # evaluate_checkpoint reads this file as it reads checkpoint.pt
-                    save_checkpoint(best_path, {"model": model.state_dict(), "epoch": epoch + 1, "val": val,
-                                                "config": cfg.to_dict(), "label_stats": stats.to_dict()})
-            if env.is_main:
-                log.info("epoch %d/%d: validation micro-F1 %.4f (best: epoch %d, %.4f)", epoch + 1, cfg.epochs,
-                         val["micro_f1"], best["epoch"], best["micro_f1"])
+            _validate_epoch(model, data, stats, cfg, device, env, state, runlog, best_path)
         if env.is_main:
-            save_checkpoint(ckpt_path, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "epoch": epoch + 1, "iteration": it, "rng": _rng_state(device), "config": cfg.to_dict(),
-                "label_stats": stats.to_dict(), "best": best,
-            })
+            save_checkpoint(ckpt_path, _training_checkpoint(model, optimizer, scaler, state, cfg, stats, device))
         barrier(env)
-        if cfg.patience and epoch + 1 - best["epoch"] >= cfg.patience:  # every rank sees the same val scores
-            if env.is_main:
-                log.info("early stop after epoch %d: no better validation micro-F1 for %d epochs (best: epoch %d)",
-                         epoch + 1, cfg.patience, best["epoch"])
-            jlog.write(type="early_stop", epoch=epoch + 1, best_epoch=best["epoch"])
+        if _stops_early(cfg, state, runlog, env):
             break
-
-    best_val = None
-    if cfg.keep_best and best["epoch"] > 0:  # test the best validated epoch, not the last one
-        model.load_state_dict(torch.load(best_path, map_location=device, weights_only=False)["model"])
-        best_val = {k: best[k] for k in ("micro_f1", "macro_f1", "mAP", "threshold") if k in best}  # its scores: no second val pass
-        if env.is_main:
-            log.info("testing epoch %d, the best on validation (micro-F1 %.4f)", best["epoch"], best["micro_f1"])
-
-    res = _evaluate(model, data, stats, cfg, device, env, val=best_val)
-    if cfg.keep_best:
-        res["best_epoch"] = best["epoch"]
-        res["epochs_run"] = last_epoch
-    if env.is_main:
-        _write_metrics(out, res)
-        jlog.write(type="eval", **{k: res[k] for k in ("mAP", "micro_f1", "macro_f1", "threshold")})
-        if writer is not None:
-            for k, v in res["mAP"].items():
-                writer.add_scalar(f"test/mAP_{k}", v, it)
-            writer.close()
-    res.pop("_scores", None), res.pop("_targets", None)
-    return res
+    return _finish(model, data, stats, cfg, device, env, state, runlog)
 
 
 def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, overrides: list[str] | None = None,
                         progress: bool = True) -> dict[str, Any]:
     """Evaluate a saved checkpoint on the test set of its recipe (or of ``overrides``, e.g. another
-    dataset with the same classes); writes ``metrics.json`` / ``metrics.md`` into ``out_dir``."""
-    from dbloss.config import load_config
-
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    dataset with the same classes); writes ``metrics.json`` / ``metrics.md`` into ``out_dir``.
+    The file is read as data (``weights_only=True``): one that would run code is refused."""
+    ckpt = load_checkpoint(checkpoint)
+    missing = [k for k in ("model", "config", "label_stats") if not (isinstance(ckpt, dict) and k in ckpt)]
+    if missing:
+        raise UsageError(f"{checkpoint}: not a dbloss checkpoint (no {', '.join(missing)})")
     cfg = load_config(None, list(overrides or []), base=ckpt["config"])
     cfg.out_dir = str(out_dir)
     env = init_distributed(cfg.device)
     device = resolve_device(cfg.device, env)
-    stats = LabelStats.from_dict(ckpt["label_stats"])
-    data = build_data(cfg)
-    if data.class_names != stats.class_names:
-        raise ValueError(f"the evaluation data's classes {data.class_names[:5]}... differ from the checkpoint's "
-                         f"{stats.class_names[:5]}...")
-    model = build_model(len(data.class_names), input_type=data.input_type, backbone=cfg.backbone, weights=None,
-                        frozen_stages=0, neck_dim=cfg.neck_dim, dropout=cfg.dropout,  # no training: nothing to freeze
-                        in_features=data.in_features).to(device)
+    if env.is_main:
+        prepare_data(cfg)
+    barrier(env)
+    data, stats, model = build(cfg, device, env, label_stats=ckpt["label_stats"], progress=progress)
     model.load_state_dict(ckpt["model"])
-    res = _evaluate(model, data, stats, cfg, device, env)
+    res, scores, targets = _test(model, data, stats, cfg, device, env)
     if env.is_main:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        _write_metrics(Path(out_dir), res)
-    res.pop("_scores", None), res.pop("_targets", None)
+        _write_results(Path(out_dir), res, scores, targets)
     return res

@@ -16,6 +16,8 @@ import torch
 import torchvision
 from torch import nn
 
+from dbloss.files import load_checkpoint
+
 __all__ = ["MultiLabelClassifier", "FeatureClassifier", "build_model", "build_backbone", "SmallConvNet",
            "is_pretrained", "resolve_frozen_stages"]
 
@@ -81,10 +83,7 @@ def resolve_frozen_stages(frozen_stages: int | None, weights: str | None) -> int
 
 def _load_local(model: nn.Module, path: Path, name: str) -> None:
     """Load a local state dict into ``model``; the classifier (``fc.``/``classifier.``/``head``) may be absent."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a corrupt file or one that is not a state dict
-        raise ValueError(f"{path}: not a readable weights file ({type(e).__name__}: {e})") from None
+    state = load_checkpoint(path, kind="weights")  # weights_only: a file whose pickle would run code is refused, naming it
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict (a mapping of tensor names), got {type(state).__name__}")
     own = model.state_dict()

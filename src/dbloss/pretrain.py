@@ -21,7 +21,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from torch.utils.data import DataLoader, Subset
 
 from dbloss.data.images import load_image
 from dbloss.data.transforms import eval_transform, train_transform
+from dbloss.files import save_checkpoint, write_json
 from dbloss.model import SmallConvNet
 
 __all__ = ["BUILTIN_WEIGHTS", "PretrainConfig", "builtin_weights", "pretrain", "resolve_weights"]
@@ -174,10 +174,8 @@ def pretrain(data: str | Path, out: str | Path, cfg: PretrainConfig | None = Non
     record = {"config": dataclasses.asdict(cfg), "data": str(data), "classes": full.classes, "class_counts": counts,
               "val_accuracy": accuracy, "seconds": round(time.perf_counter() - t0, 1)}
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(_backbone_state(model, cfg.backbone), tmp)
-    os.replace(tmp, out)
-    out.with_suffix(".json").write_text(json.dumps(record, indent=1))
+    save_checkpoint(out, _backbone_state(model, cfg.backbone))  # tensors only: `weights=PATH` reads it as data
+    write_json(out.with_suffix(".json"), record)
     log.info("pretrained %s: validation top-1 %s in %.0f s -> %s", cfg.backbone,
              "n/a" if accuracy is None else f"{accuracy:.3f}", record["seconds"], out)
     return record
@@ -204,7 +202,7 @@ def builtin_weights(cache_dir: str | Path, backbone: str = "small_cnn", image_si
     except (OSError, json.JSONDecodeError, KeyError):
         pass
     record = pretrain(source, path, cfg, progress=progress)
-    meta.write_text(json.dumps({**record, "per_class": per_class}, indent=1))
+    write_json(meta, {**record, "per_class": per_class})
     return path
 
 
