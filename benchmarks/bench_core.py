@@ -16,7 +16,6 @@ Timings are medians over repeats; the machine is noisy, so read the ratios, not 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from typing import Callable
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dbloss.files import write_json
 from dbloss.losses import build_loss, fused
 from dbloss.metrics import average_precision, mean_average_precision
 from dbloss.sampling import ClassAwareSampler
@@ -138,8 +138,7 @@ def main() -> None:
     print(f"class-aware sampler N=100,000 C=1,000: {r['epoch_len']} indices in {r['seconds']:.3f} s, "
           f"{r['indices_per_s']:,.0f} indices/s")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1)
+        write_json(args.json, res)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ so the script can be interrupted and rerun.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import shutil
 import time
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 
 from dbloss.demo import run_recipe_seeds, update_marked_block
-from dbloss.engine import jsonable
+from dbloss.files import write_json, write_text
 from dbloss.plots import ap_increment_figure, save_figure
 from dbloss.report import format_mean_sd, seed_summary
 from dbloss.stats import GROUPS
@@ -124,10 +123,9 @@ def main(args: argparse.Namespace) -> None:
                f"by validation mAP ({args.val_size} training images held out, seed 0), then trained on all "
                f"{first['num_train']} training images. Δ: difference of the means from RS.")
     table = "\n".join(lines)
-    (out / "ablation.md").write_text(f"{caption}\n\n{table}\n")
-    (out / "ablation.json").write_text(json.dumps(jsonable({"rows": rows, "lrs": args.lrs, "seeds": args.seeds,
-                                                           "val_size": args.val_size, "seconds": seconds}),
-                                                  indent=1, allow_nan=False))
+    write_text(out / "ablation.md", f"{caption}\n\n{table}\n")
+    write_json(out / "ablation.json", {"rows": rows, "lrs": args.lrs, "seeds": args.seeds, "val_size": args.val_size,
+                                       "seconds": seconds})
     print(f"\n{caption}\n\n{table}")
     if args.readme:
         fig_dir = Path(args.figures)

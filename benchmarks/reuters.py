@@ -49,7 +49,8 @@ import torch
 
 from dbloss.config import load_config, recipe_dir, saved_config_matches
 from dbloss.data.reuters import HUANG_HEAD_MIN, HUANG_TAIL_MAX
-from dbloss.engine import jsonable, train
+from dbloss.engine import train
+from dbloss.files import write_json
 from dbloss.metrics import f1_scores, summarize
 from dbloss.pipeline import build_data
 from dbloss.stats import GROUPS, LabelStats
@@ -167,9 +168,9 @@ def run_row(row: str, seeds: Sequence[int], args: argparse.Namespace, counter: l
         else:
             print(f"{tag}: training ({cfg.epochs} epochs) -> {cfg.out_dir}", flush=True)
             t0 = time.perf_counter()
-            res = train(cfg, progress=False)
+            res = train(cfg, progress=False, overwrite=True)  # not reusable: a stale or unfinished run is replaced
             res["seconds"] = round(time.perf_counter() - t0, 1)
-            (Path(cfg.out_dir) / "bench_time.json").write_text(json.dumps({"seconds": res["seconds"]}))
+            write_json(Path(cfg.out_dir) / "bench_time.json", {"seconds": res["seconds"]}, indent=None)
         f = _flat(res)
         print(f"{tag}: micro-F1 {100 * f['micro_f1']:.2f}  macro-F1 {100 * f['macro_f1']:.2f}  "
               f"(head {100 * f['f1_head']:.1f} / medium {100 * f['f1_medium']:.1f} / tail {100 * f['f1_tail']:.1f})  "
@@ -470,7 +471,7 @@ def main(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(jsonable(summary), indent=1, allow_nan=False))
+    write_json(out / "summary.json", summary)
     update_benchmarks(Path(args.benchmarks), markdown(summary, command, args.tag, not args.no_figures), args.tag)
     written = [str(out / "summary.json"), args.benchmarks]
     if not args.no_figures:

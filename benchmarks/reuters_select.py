@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from dbloss.files import write_json
+
 import reuters as bench  # benchmarks/reuters.py (this script's folder is on sys.path when run as a script)
 
 #: Optimiser / lr points per head (kept small: one CPU core, about 2 minutes per run). MLP: SGD lr 1
@@ -103,7 +105,7 @@ def main(args: argparse.Namespace) -> int:
         sel["choice"], sel["best_head"] = choose(sel["points"])
         sel["date"] = time.strftime("%Y-%m-%d")
         out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(sel, indent=1))
+        write_json(path, sel)
         print(f"  validation micro-F1 {100 * entry['val_micro_f1']:.2f}  macro-F1 {100 * entry['val_macro_f1']:.2f}  "
               f"best epoch {entry['best_epoch']} of {entry['epochs_run']}", flush=True)
     for head, rows in sel.get("choice", {}).items():
