@@ -119,6 +119,24 @@ def test_ignore_index_excludes_entries(ignore_index: int) -> None:
     assert single.item() == pytest.approx(ap[k].item(), abs=1e-12)
 
 
+@pytest.mark.parametrize(("ignore_index", "error"), [(0, ValueError), (1, ValueError), (-1.0, TypeError)])
+def test_ignore_index_is_checked(ignore_index, error) -> None:
+    # as in the losses (dbloss.labels.check_ignore_index): an ignore value of 0 or 1 would hide labels
+    for fn in (average_precision, mean_average_precision, f1_scores):
+        with pytest.raises(error, match="ignore_index"):
+            fn(np.zeros((3, 2)), np.ones((3, 2), int), ignore_index=ignore_index)
+
+
+def test_nanmean_leaves_out_nan() -> None:
+    assert metrics_module.nanmean(torch.tensor([0.25, float("nan"), 0.75])) == 0.5
+    assert metrics_module.nanmean(np.array([[1.0, np.nan], [2.0, 3.0]])) == 2.0
+    assert metrics_module.nanmean([1, 2]) == 1.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # unlike np.nanmean, no RuntimeWarning when all are NaN
+        assert math.isnan(metrics_module.nanmean(torch.full((3,), float("nan"))))
+        assert math.isnan(metrics_module.nanmean(torch.empty(0)))
+
+
 def test_ignore_index_none_rejects_minus_one() -> None:
     with pytest.raises(ValueError, match=r"values in \{0, 1\}.*-1"):
         average_precision(np.zeros((3, 2)), np.array([[1, 0], [0, -1], [1, 1]]), ignore_index=None)
@@ -138,6 +156,10 @@ def test_column_blocks_give_the_same_result(monkeypatch: pytest.MonkeyPatch) -> 
     bad[5, 11] = np.nan
     with pytest.raises(ValueError, match=r"non-finite.*\(5, 11\)"):
         average_precision(bad, targets)
+    bad_targets = targets.copy()
+    bad_targets[7, 10] = 3
+    with pytest.raises(ValueError, match=r"values in \{0, 1, -1\}.*3 at \(row, class\) = \(7, 10\)"):
+        average_precision(scores, bad_targets)
 
 
 def test_split_dict_and_label_stats_agree() -> None:

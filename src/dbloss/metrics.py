@@ -20,9 +20,10 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from dbloss.labels import check_ignore_index, label_masks
 from dbloss.stats import GROUPS, LabelStats
 
-__all__ = ["average_precision", "mean_average_precision", "f1_scores", "summarize"]
+__all__ = ["average_precision", "mean_average_precision", "f1_scores", "nanmean", "summarize"]
 
 # Elements of the (N, chunk) working block sorted at once; bounds peak memory of
 # `average_precision` to a few hundred MB whatever N x C is.
@@ -41,12 +42,14 @@ def _as_tensor(x: Any, name: str) -> torch.Tensor:
         raise TypeError(f"Expected `{name}` to be a tensor or array, but got {type(x).__name__} ({e})") from None
 
 
-def _check_inputs(scores: Any, targets: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Check shapes and dtypes; returns (scores as float32/float64, targets) on the scores' device.
+def _check_inputs(scores: Any, targets: Any, ignore_index: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check shapes, dtypes and ``ignore_index``; returns (scores as float32/float64, targets) on the scores' device.
 
     Values are checked block by block in :func:`_column_blocks`, which keeps the passes over a
     large matrix cache-friendly and free of (N, C) temporaries.
     """
+    if ignore_index is not None:
+        check_ignore_index(ignore_index)
     s = _as_tensor(scores, "scores")
     t = _as_tensor(targets, "targets")
     if s.ndim != 2:
@@ -74,11 +77,11 @@ def _column_blocks(
     """Yield ``(first_class, scores (k, N), targets (k, N) int8)`` for blocks of k classes.
 
     Targets are encoded 1 positive, 0 negative, -1 ignored. Raises ``ValueError`` naming the
-    first non-finite score or invalid target and its (row, class) position.
+    first non-finite score or invalid target (:func:`dbloss.labels.label_masks`) and its global
+    (row, class) position.
     """
     n, c = s.shape
     chunk = max(1, _CHUNK_ELEMENTS // n)
-    valid = "{0, 1}" if ignore_index is None else f"{{0, 1, {ignore_index}}}"
     for start in range(0, c, chunk):  # blocks of columns, not a loop over classes or samples
         stop = min(c, start + chunk)
         # copy the (N, k) block first (contiguous row pieces), then transpose the small copy:
@@ -88,17 +91,10 @@ def _column_blocks(
         if not bool(finite.all()):
             row, k = (int(i) for i in torch.nonzero(~finite)[0])
             raise ValueError(f"`scores` contains a non-finite value {sb[row, k].item()} at (row, class) = {(row, start + k)}")
-        tb = t[:, start:stop].contiguous()
-        pos, neg = tb == 1, tb == 0
-        ok = pos | neg
-        if ignore_index is not None:
-            ok |= tb == ignore_index
-        if not bool(ok.all()):
-            row, k = (int(i) for i in torch.nonzero(~ok)[0])
-            raise ValueError(
-                f"Expected `targets` values in {valid}, but got {tb[row, k].item()!r} at (row, class) = {(row, start + k)}"
-            )
-        t8 = pos.to(torch.int8) - (~(pos | neg)).to(torch.int8)
+        pos, observed = label_masks(t[:, start:stop].contiguous(), ignore_index, name="targets", offset=(0, start))
+        t8 = pos.to(torch.int8)
+        if observed is not None:  # an ignored entry is never positive (ignore_index is not 0 or 1)
+            t8 -= (~observed).to(torch.int8)
         sb, t8 = sb.T.contiguous(), t8.T.contiguous()
         yield start, sb, t8
 
@@ -220,7 +216,7 @@ def average_precision(scores: Any, targets: Any, ignore_index: int | None = -1) 
     Args:
         scores: (N, C) scores (logits or probabilities; only their order matters), finite.
         targets: (N, C) 0/1 targets; entries equal to ``ignore_index`` are left out for that class.
-        ignore_index: the value of ignored targets, or None. Default -1.
+        ignore_index: the value of ignored targets (an int other than 0 and 1), or None. Default -1.
 
     Returns:
         (C,) float64 tensor on the scores' device; NaN (with a ``UserWarning`` naming them) for
@@ -229,23 +225,38 @@ def average_precision(scores: Any, targets: Any, ignore_index: int | None = -1) 
     >>> average_precision(torch.tensor([[0.9], [0.8], [0.7]]), torch.tensor([[1], [0], [1]])).tolist()
     [0.8333333333333333]
     """
-    s, t = _check_inputs(scores, targets)
+    s, t = _check_inputs(scores, targets, ignore_index)
     ap, _ = _evaluate(s, t, ignore_index)
     _warn_empty(ap, "their AP is NaN")
     return ap
 
 
-def _nanmean(values: torch.Tensor) -> float:
-    values = values[~torch.isnan(values)]
-    return float(values.mean()) if values.numel() else float("nan")
+def nanmean(values: Any) -> float:
+    """Mean of the values that are not NaN; NaN (without a warning) when there is none.
+
+    The mean over classes used for the mAP, the macro F1 and their head / medium / tail groups:
+    a class whose metric is undefined (NaN) is left out instead of counted as 0.
+
+    Args:
+        values: a tensor, array or sequence of numbers (any shape; flattened).
+
+    Returns:
+        a Python float, computed in float64.
+
+    >>> nanmean([0.5, float("nan"), 1.0]), nanmean([float("nan")]), nanmean([])
+    (0.75, nan, nan)
+    """
+    v = torch.as_tensor(values).detach().flatten().to(torch.float64)
+    v = v[~torch.isnan(v)]
+    return float(v.mean()) if v.numel() else float("nan")
 
 
 def _map_from_ap(ap: torch.Tensor, split: dict[str, list[int]]) -> dict[str, float]:
-    out = {"total": _nanmean(ap)}
+    out = {"total": nanmean(ap)}
     for group in GROUPS:
         if group in split:
             idx = torch.tensor(split[group], dtype=torch.long, device=ap.device)
-            out[group] = _nanmean(ap[idx])
+            out[group] = nanmean(ap[idx])
     return out
 
 
@@ -270,7 +281,7 @@ def mean_average_precision(
     >>> mean_average_precision(s, y, {"head": [0], "medium": [], "tail": [1]})
     {'total': 1.0, 'head': 1.0, 'medium': nan, 'tail': 1.0}
     """
-    s, t = _check_inputs(scores, targets)
+    s, t = _check_inputs(scores, targets, ignore_index)
     groups = _split_dict(split, s.shape[1])
     ap, _ = _evaluate(s, t, ignore_index)
     _warn_empty(ap, "they are left out of the mAP")
@@ -286,7 +297,7 @@ def _f1_from_counts(counts: torch.Tensor) -> dict[str, Any]:
     per_class = torch.where(denom > 0, 2 * tp / denom.clamp_min(1), torch.full_like(denom, float("nan")))
     micro_denom = float(denom.sum())
     micro = 2 * float(tp.sum()) / micro_denom if micro_denom > 0 else 0.0
-    return {"micro_f1": micro, "macro_f1": _nanmean(per_class), "per_class_f1": per_class}
+    return {"micro_f1": micro, "macro_f1": nanmean(per_class), "per_class_f1": per_class}
 
 
 def _check_threshold(threshold: Any) -> float:
@@ -322,7 +333,7 @@ def f1_scores(scores: Any, targets: Any, threshold: float = 0.5, ignore_index: i
     (0.8, 0.8333)
     """
     threshold = _check_threshold(threshold)
-    s, t = _check_inputs(scores, targets)
+    s, t = _check_inputs(scores, targets, ignore_index)
     _, counts = _evaluate(s, t, ignore_index, ap=False, threshold=threshold)
     return _f1_from_counts(counts)
 
@@ -364,7 +375,7 @@ def summarize(
     ({'total': 1.0, 'head': 1.0, 'medium': None, 'tail': 1.0}, [1.0, 1.0])
     """
     threshold = _check_threshold(threshold)
-    s, t = _check_inputs(scores, targets)
+    s, t = _check_inputs(scores, targets, ignore_index)
     c = s.shape[1]
     if class_names is not None and len(class_names) != c:
         raise ValueError(f"Expected {c} class names, but got {len(class_names)}")
