@@ -51,7 +51,7 @@ from dbloss.config import load_config, recipe_dir, saved_config_matches
 from dbloss.data.reuters import HUANG_HEAD_MIN, HUANG_TAIL_MAX
 from dbloss.engine import train
 from dbloss.files import write_json
-from dbloss.metrics import f1_scores, summarize
+from dbloss.metrics import f1_scores, nanmean, summarize
 from dbloss.pipeline import build_data
 from dbloss.stats import GROUPS, LabelStats
 
@@ -200,7 +200,7 @@ def svm_scores(data: Any, class_weight: str | None = "balanced") -> dict[str, An
     scores, targets = torch.sigmoid(decision), data.test.targets
     res = summarize(scores, targets, stats.split, threshold=0.5)
     per_class = f1_scores(scores, targets, threshold=0.5)["per_class_f1"]
-    res["macro_f1_groups"] = {g: _nanmean(per_class[idx]) for g, idx in stats.split.items()}
+    res["macro_f1_groups"] = {g: nanmean(per_class[idx]) for g, idx in stats.split.items()}  # NaN: no class
     res["threshold"] = 0.0  # on the decision function
     res["split"] = stats.split
     return res
@@ -220,11 +220,6 @@ def run_svm(args: argparse.Namespace) -> tuple[dict[str, dict[str, float]], dict
         res["seconds"] = round(t_data + time.perf_counter() - t1, 1)
         out[key] = _flat(res)
     return out, split
-
-
-def _nanmean(v: torch.Tensor) -> float | None:
-    v = v[~torch.isnan(v)]
-    return float(v.mean()) if v.numel() else None
 
 
 def aggregate(results: list[dict]) -> dict[str, dict[str, float]]:

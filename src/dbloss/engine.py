@@ -36,7 +36,7 @@ from dbloss.distributed import DistEnv, barrier, gather_predictions, init_distri
 from dbloss.errors import NonFiniteLossError, UsageError
 from dbloss.files import jsonable, load_checkpoint, save_checkpoint, write_json, write_text
 from dbloss.losses import build_loss
-from dbloss.metrics import f1_scores, mean_average_precision, summarize
+from dbloss.metrics import f1_scores, mean_average_precision, nanmean, summarize
 from dbloss.model import build_model, is_pretrained, resolve_frozen_stages
 from dbloss.pipeline import DataBundle, build_data, prepare_data
 from dbloss.pretrain import BUILTIN_WEIGHTS, resolve_weights
@@ -346,18 +346,14 @@ def validation_scores(model: nn.Module, data: DataBundle, cfg: TrainConfig, devi
             "threshold": threshold}
 
 
-def _nanmean_or_none(values: torch.Tensor) -> float | None:
-    values = values[~torch.isnan(values)]
-    return float(values.mean()) if values.numel() else None
-
-
 def result_record(scores: torch.Tensor, targets: torch.Tensor, stats: LabelStats, cfg: TrainConfig,
                 threshold: float) -> dict[str, Any]:
     """The test metrics of a run (what ``metrics.json`` holds) from its (N, C) scores and targets."""
     res = summarize(scores, targets, stats.split, threshold=threshold, class_names=stats.class_names)
     per_class_f1 = f1_scores(scores, targets, threshold=threshold)["per_class_f1"].double()
     res["per_class_f1"] = [None if math.isnan(v) else v for v in per_class_f1.tolist()]
-    res["macro_f1_groups"] = {g: _nanmean_or_none(per_class_f1[idx]) for g, idx in stats.split.items()}
+    groups = {g: nanmean(per_class_f1[idx]) for g, idx in stats.split.items()}
+    res["macro_f1_groups"] = {g: None if math.isnan(v) else v for g, v in groups.items()}
     res.update(name=cfg.name, loss=cfg.loss, sampler=cfg.sampler, dataset=cfg.dataset, class_names=stats.class_names,
                train_class_freq=stats.class_freq.tolist(), split=stats.split, epochs=cfg.epochs, seed=cfg.seed,
                num_train=int(stats.num_samples), num_test=len(targets))
