@@ -17,7 +17,7 @@ import torch
 from dbloss.losses import fast
 from dbloss.losses._common import MultiLabelLoss, Reduction
 from dbloss.losses.baselines import AsymmetricLoss, LDAMLoss, SigmoidFocalLoss
-from dbloss.losses.reference import BACKENDS, Backend, DBParams, distribution_balanced_loss
+from dbloss.losses.reference import Backend, DBParams, check_backend, distribution_balanced_loss
 
 __all__ = ["AsymmetricLoss", "DistributionBalancedLoss", "LDAMLoss", "SigmoidFocalLoss"]
 
@@ -75,11 +75,9 @@ class DistributionBalancedLoss(MultiLabelLoss):
         self.params = DBParams.of(params, **hparams)
         freq = self.params.check_class_freq(class_freq, num_samples)
         super().__init__(len(freq), reduction, ignore_index)
-        if backend not in BACKENDS:
-            raise ValueError(f"Expected argument `backend` to be one of {BACKENDS}, but got {backend!r}")
+        self.backend = check_backend(backend)
         self.register_buffer("class_freq", freq.to(torch.float32))  # a copy, on class_freq's device
         self.num_samples = float(num_samples)
-        self.backend = backend
         self._terms: dict[tuple[Any, ...], fast.ClassTerms] = {}
 
     # the hyper-parameters, read-only: a new value is a new module (or a new `params`)

@@ -56,6 +56,7 @@ __all__ = [
     "BACKENDS",
     "Backend",
     "DBParams",
+    "check_backend",
     "distribution_balanced_loss",
     "negative_tolerant_bias",
     "rebalance_map",
@@ -68,6 +69,13 @@ Backend = Literal["auto", "torch", "kernel", "reference"]
 #: "torch" torch ops with a hand-written backward (:mod:`dbloss.losses.fast`); "auto" (the
 #: default) the kernel where it applies and builds, else "torch". See :func:`dbloss.losses.fast.select_backend`.
 BACKENDS: tuple[str, ...] = ("auto", "torch", "kernel", "reference")
+
+
+def check_backend(backend: str) -> str:
+    """Return ``backend`` if it is one of :data:`BACKENDS`, else raise ``ValueError``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"Expected argument `backend` to be one of {BACKENDS}, but got {backend!r}")
+    return backend
 
 
 @dataclass(frozen=True)
@@ -287,8 +295,7 @@ def distribution_balanced_loss(
     p = DBParams.of(params, **hparams)
     check_reduction(reduction)
     ignore_index = check_ignore_index(ignore_index)
-    if backend not in BACKENDS:
-        raise ValueError(f"Expected argument `backend` to be one of {BACKENDS}, but got {backend!r}")
+    check_backend(backend)
     freq = p.check_class_freq(class_freq, num_samples)
     if backend != "reference":
         from dbloss.losses import fast  # the same equations, faster; fast.py imports this file
