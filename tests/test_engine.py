@@ -359,3 +359,17 @@ def test_checkpoints_and_weights_from_elsewhere_are_read_as_data(feature_files, 
         build_model(3, backbone="small_cnn", weights=str(weights))
     assert not marker.exists()
     assert not (tmp_path / "resumed" / "config.yaml").exists()  # a refused resume writes nothing
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")  # plain data, but not a dbloss checkpoint
+    with pytest.raises(UsageError, match=r"other\.pt: not a dbloss checkpoint \(no model, config, label_stats\)"):
+        evaluate_checkpoint(tmp_path / "other.pt", tmp_path / "eval", progress=False)
+    with pytest.raises(UsageError, match=r"other\.pt: not a dbloss checkpoint"):
+        train(resumed, progress=False, resume=str(tmp_path / "other.pt"))
+
+
+def test_a_loss_argument_the_loss_does_not_take_is_a_usage_error(feature_files, tmp_path):
+    from dbloss.errors import UsageError
+
+    train_f, test_f = feature_files
+    cfg = load_config(None, feature_overrides(train_f, test_f, tmp_path / "run", **{"loss_args": {"lambda_": 1.0}}))
+    with pytest.raises(UsageError, match=r"loss_args: Loss 'db-focal' got unexpected argument\(s\) \['lambda_'\]"):
+        train(cfg, progress=False)

@@ -268,6 +268,14 @@ def build(cfg: TrainConfig, device: torch.device, env: DistEnv, *, label_stats: 
     return data, stats, model
 
 
+def _build_loss(cfg: TrainConfig, stats: LabelStats) -> nn.Module:
+    """The recipe's loss on the training split's class counts."""
+    try:
+        return build_loss(cfg.loss, torch.as_tensor(stats.class_freq), stats.num_samples, **cfg.loss_args)
+    except TypeError as e:  # build_loss's documented error for an argument the loss does not take: the recipe's
+        raise UsageError(f"loss_args: {e}") from e
+
+
 def _log_model(model: nn.Module, cfg: TrainConfig) -> None:
     n_frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
@@ -501,9 +509,19 @@ def _check_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
                          f"or choose another --out")
 
 
+def _read_checkpoint(path: str | Path, keys: tuple[str, ...],
+                     map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint written by :func:`train` (read as data), with the entries ``keys`` that the caller needs."""
+    ckpt = load_checkpoint(path, map_location=map_location)
+    missing = [k for k in keys if not (isinstance(ckpt, dict) and k in ckpt)]
+    if missing:
+        raise UsageError(f"{path}: not a dbloss checkpoint (no {', '.join(missing)})")
+    return ckpt
+
+
 def _read_resume(src: Path, cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
     """The checkpoint to resume from, checked against ``cfg`` before anything is written."""
-    ckpt = load_checkpoint(src, map_location=device)
+    ckpt = _read_checkpoint(src, ("model", "optimizer", "scaler", "epoch", "iteration", "rng", "config"), device)
     saved_cfg = {"optimizer": "sgd", **ckpt["config"]}  # checkpoints from before the option used SGD
     for key in _RESUME_KEYS:
         if saved_cfg.get(key) != getattr(cfg, key):
@@ -643,7 +661,7 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, overwrite: bool = Fal
         stats.save(out / "label_stats.json")
         if data.input_type == "image":
             _log_model(model, cfg)
-    loss_fn = build_loss(cfg.loss, torch.as_tensor(stats.class_freq), stats.num_samples, **cfg.loss_args).to(device)
+    loss_fn = _build_loss(cfg, stats).to(device)
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     state = _TrainState() if ckpt is None else _restore(ckpt, model, optimizer, scaler, device)
@@ -678,10 +696,7 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, overrides: 
     """Evaluate a saved checkpoint on the test set of its recipe (or of ``overrides``, e.g. another
     dataset with the same classes); writes ``metrics.json`` / ``metrics.md`` into ``out_dir``.
     The file is read as data (``weights_only=True``): one that would run code is refused."""
-    ckpt = load_checkpoint(checkpoint)
-    missing = [k for k in ("model", "config", "label_stats") if not (isinstance(ckpt, dict) and k in ckpt)]
-    if missing:
-        raise UsageError(f"{checkpoint}: not a dbloss checkpoint (no {', '.join(missing)})")
+    ckpt = _read_checkpoint(checkpoint, ("model", "config", "label_stats"))
     cfg = load_config(None, list(overrides or []), base=ckpt["config"])
     cfg.out_dir = str(out_dir)
     env = init_distributed(cfg.device)
