@@ -450,8 +450,9 @@ def train_one_epoch(net: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.O
     net.train()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     t0, n_it = time.perf_counter(), 0
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    first_bad = torch.tensor([-1.0, 0.0], dtype=torch.float64, device=device)  # (iteration, loss) of the first non-finite
+    acc = torch.float32 if device.type == "mps" else torch.float64  # sums as the host's floats (no float64 on MPS)
+    loss_sum = torch.zeros((), dtype=acc, device=device)
+    first_bad = torch.tensor([-1.0, 0.0], dtype=acc, device=device)  # (iteration, loss) of the first non-finite loss
     bar = _batches(loader, show, f"epoch {epoch + 1}/{cfg.epochs}")
     for x, y, _ in bar:
         lr = get_lr(cfg, it, epoch)
@@ -465,7 +466,7 @@ def train_one_epoch(net: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.O
             torch.distributed.all_reduce(value)
             value /= env.world_size
         new_bad = (first_bad[0] < 0) & ~torch.isfinite(value)
-        first_bad = torch.where(new_bad, torch.stack([torch.full_like(loss_sum, it), value.double()]), first_bad)
+        first_bad = torch.where(new_bad, torch.stack([torch.full_like(loss_sum, it), value.to(acc)]), first_bad)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if cfg.grad_clip:
@@ -473,7 +474,7 @@ def train_one_epoch(net: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.O
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         scaler.step(optimizer)
         scaler.update()
-        loss_sum += value.double()
+        loss_sum += value.to(acc)
         n_it += 1
         if it % cfg.log_interval == 0:  # the one host synchronisation of the step (nanoGPT keeps the same)
             _raise_if_non_finite(first_bad, epoch, checkpoint)
