@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from dbloss.labels import label_masks
 from dbloss.losses import fused
 from dbloss.losses._common import autocast_off, check_pair, compute_dtype, prepare, reduce_masked
-from dbloss.losses.reference import DBParams, negative_tolerant_bias
+from dbloss.losses.reference import DBParams, prior_logit
 
 __all__ = ["ClassTerms", "class_terms", "db_loss", "select_backend"]
 
@@ -60,8 +60,9 @@ def select_backend(logits: torch.Tensor, targets: torch.Tensor, backend: str) ->
 
 
 def class_terms(freq: torch.Tensor, num_samples: float, init_bias: float, dtype: torch.dtype) -> ClassTerms:
-    """The per-class inputs of both paths: ``1 / n_k`` and the NTR bias (None when kappa = 0), (C,) in ``dtype``."""
-    bias = negative_tolerant_bias(freq, num_samples, init_bias, dtype=dtype) if init_bias != 0 else None
+    """The per-class inputs of both paths: ``1 / n_k`` and the NTR bias ``nu_k = kappa * b_k`` (None when
+    kappa = 0), (C,) in ``dtype``, for validated counts ``freq`` (see ``DBParams.check_class_freq``)."""
+    bias = (init_bias * prior_logit(freq.double(), num_samples)).to(dtype) if init_bias != 0 else None
     return 1.0 / freq.to(dtype), bias
 
 

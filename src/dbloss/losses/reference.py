@@ -12,7 +12,7 @@ samples of class k among N::
       r_ik   = P^C_k / P^I_i                                                         (Eq. 4)
       r_hat  = alpha + sigmoid(beta * (r_ik - mu))  smoothing                        (Eq. 5)
     Sec. 3.3, negative-tolerant regularisation (NTR)                        negative_tolerant_bias
-      b_k    = -log(N / n_k - 1) = logit(n_k / N)   the class prior as a logit        (Eq. 8)
+      b_k    = -log(N / n_k - 1) = logit(n_k / N)   the class prior as a logit        (Eq. 8)   prior_logit
       nu_k   = kappa * b_k                                                            (Eq. 8)
       positive term  -log sigmoid(z + nu)             negative term  1/lambda * log(1 + exp(lambda * (z + nu)))  (Eq. 7)
     Sec. 3.4, the DB loss (DB-Focal)                                        distribution_balanced_loss
@@ -59,6 +59,7 @@ __all__ = [
     "check_backend",
     "distribution_balanced_loss",
     "negative_tolerant_bias",
+    "prior_logit",
     "rebalance_map",
     "rebalance_ratio",
     "rebalance_weight",
@@ -127,7 +128,7 @@ class DBParams:
         unknown = sorted(set(hparams) - set(cls.names()))
         if unknown:
             raise TypeError(f"Unknown DB hyper-parameter(s) {unknown}; valid ones are {list(cls.names())}")
-        base = cls() if params is None else params
+        base = _DEFAULT_PARAMS if params is None else params
         return dataclasses.replace(base, **hparams) if hparams else base
 
     @classmethod
@@ -142,6 +143,9 @@ class DBParams:
         """
         return validate_class_freq(class_freq, num_samples, require_positive=self.rebalance or self.init_bias > 0,
                                    require_below_total=self.init_bias > 0)
+
+
+_DEFAULT_PARAMS = DBParams()
 
 
 def _counts(class_freq: ArrayLike) -> tuple[torch.Tensor, torch.dtype]:
@@ -248,8 +252,19 @@ def negative_tolerant_bias(class_freq: ArrayLike, num_samples: int | float, init
                             require_below_total=init_bias > 0)
     if init_bias == 0:
         return torch.zeros_like(n, dtype=dtype)
-    b = torch.log(n) - torch.log(num_samples - n)  # b_k = log(p_k / (1 - p_k)) = -log(N / n_k - 1)
-    return (init_bias * b).to(dtype)
+    return (init_bias * prior_logit(n, num_samples)).to(dtype)  # nu_k = kappa * b_k
+
+
+def prior_logit(class_freq: torch.Tensor, num_samples: float) -> torch.Tensor:
+    """``b_k = -log(N / n_k - 1) = log(p_k / (1 - p_k))``, the class prior ``p_k = n_k / N`` as a logit (Eq. 8).
+
+    No validation: ``class_freq`` is a floating (C,) tensor with ``0 < n_k < N``
+    (:func:`negative_tolerant_bias` checks that).
+
+    >>> prior_logit(torch.tensor([1.0, 2.0]), 4).tolist()
+    [-1.0986123085021973, 0.0]
+    """
+    return torch.log(class_freq) - torch.log(num_samples - class_freq)
 
 
 def distribution_balanced_loss(
