@@ -20,7 +20,7 @@ samples of class k among N::
       L      = r_hat * (1 - q)^gamma * -log q                        for y = 1
                r_hat * 1/lambda * q^gamma * -log(1 - q)             for y = 0        (Eq. 9)
 
-The equation numbers are those of the arXiv version; the hyper-parameters are one frozen
+Equation numbers follow the arXiv version (2007.09654v4); the hyper-parameters are one frozen
 :class:`DBParams`. A sample with no positive label has no finite r (P^I_i = 0): its weight is
 the limit r -> +inf, ``alpha + 1`` (the original release gives the same value). Ignored
 entries (``ignore_index``) are neither positives nor negatives: they do not enter P^I and add
@@ -172,8 +172,8 @@ def rebalance_ratio(targets: torch.Tensor, class_freq: ArrayLike, *, ignore_inde
         (B, C) r on ``targets``' device; ``+inf`` on rows without a positive label. A positive
         entry has r <= 1, with r = 1 exactly when it is the sample's only positive label.
 
-    >>> rebalance_ratio(torch.tensor([[1, 1], [0, 1]]), [1, 4]).tolist()
-    [[0.800000011920929, 0.20000000298023224], [4.0, 1.0]]
+    >>> rebalance_ratio(torch.tensor([[1, 1], [0, 1]]), torch.tensor([1.0, 4.0], dtype=torch.float64)).tolist()
+    [[0.8, 0.2], [4.0, 1.0]]
     """
     freq, default = _counts(class_freq)
     positives = label_masks(targets, check_ignore_index(ignore_index), name="targets")[0]
