@@ -122,7 +122,14 @@ def build_backbone(
             counting as the stem). ``None`` (default): the paper's 1 with pretrained weights, 0
             without; freezing random layers is an error (:func:`resolve_frozen_stages`). Other
             backbones cannot be frozen by stage: a request > 0 raises.
+
+    ``"timm:NAME"`` builds a timm model instead (:func:`dbloss.backbones.build_timm_backbone`:
+    pooled (B, F) features, timm's stages frozen), with ``weights`` DEFAULT, a local file or none.
     """
+    if name.startswith("timm:"):
+        from dbloss.backbones import build_timm_backbone
+
+        return build_timm_backbone(name, weights, frozen_stages)
     frozen = resolve_frozen_stages(frozen_stages, weights)
     local: Path | None = None
     tv_weights = None
@@ -188,7 +195,10 @@ class MultiLabelClassifier(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.neck(self.pool(self.backbone(x)).flatten(1)))
+        feats = self.backbone(x)
+        if feats.ndim == 4:  # (B, F, h, w) feature maps; timm backbones return pooled (B, F)
+            feats = self.pool(feats)
+        return self.classifier(self.neck(feats.flatten(1)))
 
 
 class FeatureClassifier(nn.Module):
