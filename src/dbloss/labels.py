@@ -49,8 +49,7 @@ def _bad_value_error(t: torch.Tensor, bad: np.ndarray | torch.Tensor, name: str,
     value = t[i, k].item()
     where = (i + offset[0], k + offset[1])
     if isinstance(value, float) and not np.isfinite(value):
-        return ValueError(f"`{name}` contains a non-finite value {value} at (row, class) = {where}; "
-                          f"expected values in {valid}")
+        return ValueError(f"Expected `{name}` values in {valid}, but got a non-finite value {value} at (row, class) = {where}")
     return ValueError(f"Expected `{name}` values in {valid}, but got {value!r} at (row, class) = {where}")
 
 
