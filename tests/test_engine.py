@@ -354,6 +354,9 @@ def test_checkpoints_and_weights_from_elsewhere_are_read_as_data(feature_files, 
     resumed = load_config(None, feature_overrides(train_f, test_f, tmp_path / "resumed", epochs=2))
     with pytest.raises(UsageError, match=r"evil\.pt: refused to load"):
         train(resumed, progress=False, resume=str(evil))
+    recipe = write_recipe(tmp_path / "resumed.yaml", feature_overrides(train_f, test_f, tmp_path / "resumed", epochs=2))
+    assert main(["train", str(recipe), "--no-progress", "--resume", str(evil)]) == 2
+    assert "evil.pt: refused to load" in capsys.readouterr().err
     weights = evil_file("evil.pth", marker, {})
     with pytest.raises(UsageError, match=r"evil\.pth: refused to load"):
         build_model(3, backbone="small_cnn", weights=str(weights))
