@@ -20,8 +20,9 @@ samples of class k among N::
       L      = r_hat * (1 - q)^gamma * -log q                        for y = 1
                r_hat * 1/lambda * q^gamma * -log(1 - q)             for y = 0        (Eq. 9)
 
-Equation numbers follow the arXiv version (2007.09654v4); the hyper-parameters are one frozen
-:class:`DBParams`. A sample with no positive label has no finite r (P^I_i = 0): its weight is
+Section and equation numbers refer to the arXiv version; no copy of the paper's text reached this
+project, so they are cited from memory and unchecked (the formulas are: tests compare them with the
+original release's code path). The hyper-parameters are one frozen :class:`DBParams`. A sample with no positive label has no finite r (P^I_i = 0): its weight is
 the limit r -> +inf, ``alpha + 1`` (the original release gives the same value). Ignored
 entries (``ignore_index``) are neither positives nor negatives: they do not enter P^I and add
 nothing to the loss.
