@@ -3,6 +3,9 @@
 
 Each sub-command is a small function taking the parsed arguments; the work lives in the
 library modules. ``python -m dbloss`` is the same command (what ``torchrun -m dbloss`` runs).
+Bad input (:class:`dbloss.errors.UsageError` or any ``ValueError``, ``OSError``) and a
+non-finite loss are reported as ``dbloss CMD: error: ...`` with exit code 2 (``-v``: with the
+traceback); any other exception is a bug and surfaces as a traceback.
 """
 
 from __future__ import annotations
