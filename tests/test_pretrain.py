@@ -10,7 +10,7 @@ import torch
 import torchvision
 
 from dbloss.config import load_config
-from dbloss.data.demo import DEMO_CLASSES, generate_source_dataset
+from dbloss.data.synthetic import DEMO_CLASSES, generate_source_dataset
 from dbloss.model import build_model
 from dbloss.pretrain import PretrainConfig, builtin_weights, pretrain, resolve_weights
 
@@ -37,7 +37,7 @@ def test_source_set_is_a_balanced_image_folder_and_is_reused(source):
 
 def test_source_images_are_not_the_demo_images(source, tmp_path):
     """The source set's scenes come from random streams of their own (no test image leaks into pretraining)."""
-    from dbloss.data.demo import generate_demo_dataset
+    from dbloss.data.synthetic import generate_demo_dataset
 
     demo = generate_demo_dataset(tmp_path / "demo", image_size=32, pool_size=300, max_count=40, test_per_class=2)
     demo_bytes = {p.read_bytes() for p in demo.image_root.rglob("*.png")}

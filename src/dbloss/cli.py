@@ -1,4 +1,4 @@
-"""The ``dbloss`` command: ``train``, ``evaluate``, ``demo``, ``pretrain``, ``report``, ``analyze``, ``data``,
+"""The ``dbloss`` command: ``train``, ``evaluate``, ``demo``, ``reproduce``, ``pretrain``, ``report``, ``analyze``, ``data``,
 ``recipes``, ``kernel``.
 
 Each sub-command is a small function taking the parsed arguments; the work lives in the
@@ -55,11 +55,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from dbloss.demo import run_demo
+    from dbloss.compare import run_demo
 
     run_demo(args.out, recipes=args.recipes, seeds=args.seeds, setting=args.setting, epochs=args.epochs,
              progress=not args.no_progress, overrides=args.set, readme=args.readme, figures=args.figures,
              reuse=not args.fresh)
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from dbloss.compare import reproduce
+
+    reproduce(args.benchmark, rows=args.rows, seeds=args.seeds, out=args.out, overrides=args.set,
+              progress=not args.no_progress, reuse=not args.fresh)
     return 0
 
 
@@ -125,8 +133,14 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
         path = fetch_published_subset(args.name, args.dest, source=args.source)
         print(f"{path}: {len(load_id_list(path))} ids (checksum verified)")
+    elif args.data_cmd == "download":
+        from dbloss.data.download import download_dataset
+
+        root = download_dataset(args.name, args.dest, mirror=args.mirror, keep_archives=args.keep_archives,
+                                subset=not args.no_subset, progress=not args.no_progress)
+        print(f"{args.name}: ready under {root}")
     elif args.data_cmd == "make-demo":
-        from dbloss.data.demo import generate_demo_dataset
+        from dbloss.data.synthetic import generate_demo_dataset
 
         paths = generate_demo_dataset(args.out, seed=args.seed)
         print(json.dumps({k: str(v) for k, v in vars(paths).items()}, indent=1))
@@ -227,6 +241,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=_cmd_demo)
 
+    rp = sub.add_parser("reproduce", help="the paper's comparison on one benchmark: every row over seeds, the report "
+                        "with the published numbers beside ours")
+    rp.add_argument("benchmark", choices=["voc-mlt", "coco-mlt", "demo"],
+                    help="voc-mlt / coco-mlt read data/ (see `dbloss data download`); demo: the built-in data")
+    rp.add_argument("--rows", nargs="+", default=None,
+                    help="recipe names (default: every row of the paper's comparison; `all`: also ASL)")
+    rp.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds per row (default: 0 1 2)")
+    rp.add_argument("--out", default=None, help="default: runs/<benchmark>")
+    rp.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
+    rp.add_argument("--fresh", action="store_true", help="retrain finished runs instead of reusing them")
+    rp.add_argument("--no-progress", action="store_true")
+    rp.set_defaults(func=_cmd_reproduce)
+
     pt = sub.add_parser("pretrain", help="pretrain a backbone on a balanced single-label image folder (or the "
                         "built-in source set) and write weights that `weights=PATH` loads")
     pt.add_argument("data", help="an ImageFolder tree ROOT/<class>/<image>, or `builtin` (the built-in source set)")
@@ -273,6 +300,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     fs.add_argument("name", help="voc-mlt or coco-mlt")
     fs.add_argument("--dest", default="data/published")
     fs.add_argument("--source", help="a local copy to verify and copy instead of downloading")
+    dl = dsub.add_parser("download", help="download and unpack VOC 2007 / VOC 2012 / COCO 2017 (resumable, "
+                         "checksummed) with the published VOC-MLT / COCO-MLT id lists")
+    dl.add_argument("name", choices=["voc2007", "voc2012", "coco2017"])
+    dl.add_argument("--dest", default="data", help="the data folder the recipes read (default: data)")
+    dl.add_argument("--mirror", default=None, help="a URL prefix serving the same file names (default: $DBLOSS_MIRROR, "
+                    "else the official hosts)")
+    dl.add_argument("--keep-archives", action="store_true", help="keep the archives after extraction")
+    dl.add_argument("--no-subset", action="store_true", help="do not fetch the published id list")
+    dl.add_argument("--no-progress", action="store_true")
     md = dsub.add_parser("make-demo", help="generate the built-in demo dataset")
     md.add_argument("out")
     md.add_argument("--seed", type=int, default=0)

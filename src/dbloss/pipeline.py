@@ -52,7 +52,7 @@ def prepare_data(cfg: TrainConfig) -> None:
     built-in demo dataset, once: later calls reuse it). Entry points call it before
     :func:`build_data` (on one rank); building datasets only reads."""
     if cfg.dataset == "demo":
-        from dbloss.data.demo import generate_demo_dataset
+        from dbloss.data.synthetic import generate_demo_dataset
 
         generate_demo_dataset(demo_root(cfg), seed=0)
 
@@ -72,7 +72,7 @@ def read_tables(cfg: TrainConfig) -> tuple[MultiLabelSet, MultiLabelSet]:
         train = coco.read_coco(root / "annotations" / "instances_train2017.json", root / "train2017")
         test = coco.read_coco(root / "annotations" / "instances_val2017.json", root / "val2017")
     elif kind == "demo":
-        from dbloss.data.demo import find_demo_dataset
+        from dbloss.data.synthetic import find_demo_dataset
 
         paths = find_demo_dataset(demo_root(cfg))
         train = coco.read_coco(paths.train_json, paths.image_root)

@@ -7,7 +7,7 @@ and writes the backbone's state dict, which ``weights=PATH`` loads for fine-tuni
 classifier is left out; the file holds tensors only and is read with ``weights_only``).
 
 ``weights=demo-source`` in a recipe means "the backbone pretrained on the built-in source set"
-(:func:`dbloss.data.demo.generate_source_dataset`): :func:`builtin_weights` draws the set and
+(:func:`dbloss.data.synthetic.generate_source_dataset`): :func:`builtin_weights` draws the set and
 pretrains once, caching both under ``<data_root>/pretrained/``; later runs reuse them.
 
 Recipe: SGD (momentum 0.9, weight decay 5e-4), cosine decay from ``lr`` over all iterations,
@@ -187,7 +187,7 @@ def builtin_weights(cache_dir: str | Path, backbone: str = "small_cnn", image_si
 
     Reused when ``cache_dir/<backbone>_<image_size>.json`` records the same settings and source set.
     """
-    from dbloss.data.demo import generate_source_dataset
+    from dbloss.data.synthetic import generate_source_dataset
 
     cache = Path(cache_dir)
     source = generate_source_dataset(cache / "source", per_class=per_class)

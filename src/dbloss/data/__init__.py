@@ -6,7 +6,7 @@ image paths or texts).
 
 from dbloss.data.coco import read_coco
 from dbloss.data.custom import check_images, missing_images, read_csv
-from dbloss.data.demo import DemoPaths, generate_demo_dataset
+from dbloss.data.synthetic import DemoPaths, generate_demo_dataset
 from dbloss.data.images import ImageLoadError, MultiLabelImageDataset, load_image
 from dbloss.data.longtail import longtail_visit_order, make_longtail_subset, pareto_target_counts
 from dbloss.data.published import PUBLISHED_SUBSETS, fetch_published_subset, load_id_list

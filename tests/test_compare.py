@@ -1,4 +1,4 @@
-"""Tests of dbloss.demo's helpers: reusing finished runs, rewriting a marked README block."""
+"""Tests of dbloss.compare: reusing finished runs, rewriting a marked README block."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from dbloss.config import load_config, save_config
-from dbloss.demo import _reusable, update_marked_block
+from dbloss.compare import _reusable, update_marked_block
 
 
 def _finished(cfg, tmp_path, drop=()):
@@ -48,7 +48,7 @@ def test_update_marked_block(tmp_path):
 
 
 def test_reading_demo_data_never_generates_it(tmp_path):
-    from dbloss.data.demo import find_demo_dataset
+    from dbloss.data.synthetic import find_demo_dataset
     from dbloss.errors import UsageError
     from dbloss.pipeline import build_data
 
@@ -57,3 +57,43 @@ def test_reading_demo_data_never_generates_it(tmp_path):
     with pytest.raises(UsageError, match="dbloss data make-demo"):
         build_data(load_config("demo/rs", [f"data_root={tmp_path / 'data'}"]))
     assert not (tmp_path / "data").exists()
+
+
+def test_reproduce_demo_end_to_end_with_a_tiny_configuration(tmp_path, capsys):
+    """`dbloss reproduce demo`: rows x seeds, the report with the published column, time per row,
+    the paper's increment figures; a second call reuses every run."""
+    from dbloss.cli import main
+    from dbloss.compare import PUBLISHED, _published_table
+
+    out = tmp_path / "repro"
+    tiny = ["epochs=1", "weights=none", "batch_size=64", "warmup_iters=1", "val_size=0", "sampler_reduce=32"]
+    argv = ["reproduce", "demo", "--rows", "rs", "r_bce_focal", "db_focal", "--seeds", "0", "1", "--out", str(out),
+            "--no-progress", "--set", *tiny]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [r["row"] for r in results["rows"]] == ["rs", "r_bce_focal", "db_focal"]
+    for row in results["rows"]:
+        assert row["seeds"] == [0, 1] and len(row["runs"]) == 2
+        assert row["sd"]["total"] is not None and row["train_seconds"] > 0
+        assert 0 < row["mean"]["total"] <= 1
+    text = (out / "results.md").read_text()
+    assert "| rs | – |" in text and "Training time" in text
+    for fig in ("per_class_ap.png", "ap_increment.png", "ap_increment_r_bce_focal_over_rs.png",
+                "ap_increment_db_focal_over_r_bce_focal.png"):
+        assert (out / fig).stat().st_size > 1000
+    assert (out / "report" / "report.html").is_file()
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("reused") == 6
+    # published values stand beside ours where known
+    row = {**results["rows"][2], "row": "db_focal"}
+    assert "| 78.94 |" in _published_table([row], PUBLISHED["voc-mlt"])
+
+
+def test_reproduce_rejects_unknown_rows_and_benchmarks(tmp_path):
+    from dbloss.compare import reproduce
+
+    with pytest.raises(ValueError, match=r"Unknown voc-mlt row\(s\) \['ml_gcn'\]; available: .*db_focal"):
+        reproduce("voc-mlt", rows=["ml_gcn"], out=tmp_path)
+    with pytest.raises(ValueError, match="among"):
+        reproduce("lvis", out=tmp_path)

@@ -1,4 +1,4 @@
-"""Tests of dbloss.data.demo: the built-in procedurally drawn long-tailed dataset."""
+"""Tests of dbloss.data.synthetic: the built-in procedurally drawn long-tailed dataset."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from torchvision.io import read_image
 
-from dbloss.data.demo import DEMO_CLASSES, DEMO_PARTNERS, DemoPaths, generate_demo_dataset
+from dbloss.data.synthetic import DEMO_CLASSES, DEMO_PARTNERS, DemoPaths, generate_demo_dataset
 from dbloss.stats import class_split
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")

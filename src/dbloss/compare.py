@@ -1,0 +1,321 @@
+"""Recipes x seeds, compared: the demo (the main job on built-in data) and ``dbloss reproduce``.
+
+:func:`run_comparison` trains rows (recipes of one folder) for each seed, reusing every finished
+run whose saved configuration equals the resolved one (so an interrupted call continues), and
+:func:`write_comparison` writes into ``OUT``:
+
+* ``<row>/seed<s>/``: each run's directory (``metrics.json``, ``log.jsonl``, ...);
+* ``results.md`` / ``results.json``: total / head / medium / tail mAP and F1 per row as mean ±
+  sample standard deviation over seeds (x100), the published value beside ours where one is
+  known, and the training time per row (summed over seeds from the runs' logs);
+* ``per_class_ap.png``: per-class AP (mean over seeds) of every row against training frequency;
+* ``ap_increment.png``: per-class AP increment of DB-Focal over RS, and
+  ``ap_increment_<b>_over_<a>.png``: the paper's increment figures, each step over the previous
+  (RS -> R-BCE-Focal -> DB-Focal); each for the rows that were run;
+* ``report/report.html``: the full report of the first seed's runs.
+
+``dbloss demo`` (:func:`run_demo`) runs the ``configs/demo`` rows (``--setting scratch``:
+``configs/demo_scratch``) and can write its table into the README; ``dbloss reproduce voc-mlt``
+(:func:`reproduce`) runs every row of the paper's comparison that has a recipe, on VOC-MLT or
+COCO-MLT (or ``demo`` with the built-in data). Under ``torchrun`` every rank trains (each run
+uses all GPUs) and rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+
+from dbloss.config import TrainConfig, list_recipes, load_config, saved_config_matches
+from dbloss.engine import train
+from dbloss.files import write_json, write_text
+from dbloss.tables import format_mean_sd, seed_table
+
+__all__ = ["ALL_DEMO_RECIPES", "BENCHMARKS", "DEFAULT_DEMO_RECIPES", "INCREMENT_STEPS", "PAPER_ROWS", "PUBLISHED",
+           "SETTINGS", "reproduce", "run_comparison", "run_demo", "run_recipe_seeds", "update_marked_block",
+           "write_comparison"]
+
+log = logging.getLogger(__name__)
+
+#: The rows the demo trains by default: the paper's baseline, its re-sampling baseline and DB-Focal.
+DEFAULT_DEMO_RECIPES: tuple[str, ...] = ("erm", "rs", "db_focal")
+#: Every row of the paper's comparison that has a demo recipe, in the paper's order.
+ALL_DEMO_RECIPES: tuple[str, ...] = ("erm", "rw", "focal", "rs", "cb_focal", "ldam", "r_bce_focal", "ntr_focal",
+                                     "db_focal", "asl")
+#: Demo setting -> recipe folder.
+SETTINGS: dict[str, str] = {"pretrained": "demo", "scratch": "demo_scratch"}
+#: The rows of the paper's comparison (Table 1) that have recipes, in its order; ML-GCN and OLTR
+#: have none yet. ASL (2021, after the paper) is shipped too but is not part of the paper's table.
+PAPER_ROWS: tuple[str, ...] = ("erm", "rw", "focal", "rs", "cb_focal", "ldam", "r_bce_focal", "ntr_focal", "db_focal")
+#: ``dbloss reproduce`` benchmark -> recipe folder.
+BENCHMARKS: dict[str, str] = {"voc-mlt": "voc_mlt", "coco-mlt": "coco_mlt", "demo": "demo"}
+#: Published total mAP (x100) per benchmark and row, with its source. Only the DB-Focal totals,
+#: which the paper's abstract-level results state, are given: the rest of its Table 1 could not
+#: be retrieved offline, and numbers are not written here from memory ("–" in the report).
+PUBLISHED: dict[str, dict[str, float]] = {"voc-mlt": {"db_focal": 78.94}, "coco-mlt": {"db_focal": 53.55}}
+PUBLISHED_SOURCE = "Wu et al., ECCV 2020, arXiv 2007.09654 (DB-Focal, ResNet-50)"
+#: The paper's per-class AP increment figures: each step over the previous one.
+INCREMENT_STEPS: tuple[tuple[str, str], ...] = (("rs", "r_bce_focal"), ("r_bce_focal", "db_focal"))
+
+
+def _reusable(cfg: TrainConfig) -> dict[str, Any] | None:
+    """The finished run in ``cfg.out_dir`` if its saved configuration is ``cfg``'s, else None."""
+    metrics = Path(cfg.out_dir) / "metrics.json"
+    if not (metrics.is_file() and saved_config_matches(cfg, Path(cfg.out_dir) / "config.yaml")):
+        return None
+    try:
+        return json.loads(metrics.read_text())
+    except (json.JSONDecodeError, OSError):
+        return None
+
+
+def run_recipe_seeds(recipe: str, seeds: Sequence[int], out: Path, overrides: Sequence[str] = (), *,
+                     progress: bool = True, reuse: bool = True, label: str | None = None,
+                     reused: list[str] | None = None) -> list[dict[str, Any]]:
+    """Train ``recipe`` once per seed into ``out/seed<s>`` (finished runs with the same configuration
+    are reused, and their folders appended to ``reused``); returns each run's metrics."""
+    results = []
+    for seed in seeds:
+        cfg = load_config(recipe, [*overrides, f"seed={seed}", f"out_dir={out / f'seed{seed}'}"])
+        tag = f"[demo] {label or recipe} seed {seed}"
+        res = _reusable(cfg) if reuse else None
+        if res is not None:
+            print(f"{tag}: reused {cfg.out_dir} (mAP {100 * res['mAP']['total']:.2f})", flush=True)
+            if reused is not None:
+                reused.append(cfg.out_dir)
+        else:
+            t0 = time.perf_counter()
+            print(f"{tag}: training ({cfg.loss}, {cfg.sampler} sampling, {cfg.epochs} epochs, lr {cfg.lr:g})",
+                  flush=True)
+            train(cfg, progress=progress, overwrite=True)  # not reusable: a stale or unfinished run is replaced
+            res = json.loads((Path(cfg.out_dir) / "metrics.json").read_text())
+            print(f"{tag}: mAP {100 * res['mAP']['total']:.2f} in {time.perf_counter() - t0:.0f} s", flush=True)
+        results.append(res)
+    return results
+
+
+def update_marked_block(path: str | Path, marker: str, text: str) -> None:
+    """Replace what stands between ``<!-- marker -->`` and ``<!-- /marker -->`` in ``path`` by ``text``."""
+    path = Path(path)
+    doc = path.read_text()
+    begin, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if not pattern.search(doc):
+        raise ValueError(f"{path}: no block {begin} ... {end} to update")
+    write_text(path, pattern.sub(lambda _: f"{begin}\n{text.strip()}\n{end}", doc, count=1))
+
+
+def _train_seconds(run_dir: Path) -> float | None:
+    """The training time of a run: the sum of its epochs' ``seconds`` in ``log.jsonl`` (None if absent)."""
+    try:
+        lines = (run_dir / "log.jsonl").read_text().splitlines()
+    except OSError:
+        return None
+    total = 0.0
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "epoch" in record and "seconds" in record and "loss" in record:
+            total += float(record["seconds"])
+    return total
+
+
+def _available(folder: str) -> list[str]:
+    return [n.split("/", 1)[1] for n in list_recipes() if n.startswith(f"{folder}/")]
+
+
+def _resolve_rows(folder: str, names: Sequence[str], what: str) -> list[str]:
+    available = _available(folder)
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise ValueError(f"Unknown {what} row(s) {unknown}; available: {', '.join(available)} (or 'all')")
+    return list(names)
+
+
+def run_comparison(folder: str, names: Sequence[str], seeds: Sequence[int], out: str | Path,
+                   overrides: Sequence[str] = (), *, progress: bool = True, reuse: bool = True,
+                   reused: list[str] | None = None) -> list[dict[str, Any]]:
+    """Train ``folder/<name>`` for every name and seed into ``out/<name>/seed<s>``; return one
+    :func:`dbloss.report.seed_summary` per row, with ``"runs"`` (every seed's metrics) and
+    ``"train_seconds"`` (summed over its seeds)."""
+    from dbloss.report import seed_summary
+
+    if not seeds:
+        raise ValueError("Expected at least one seed")
+    out = Path(out)
+    rows = []
+    for name in names:
+        runs = run_recipe_seeds(f"{folder}/{name}", seeds, out / name, overrides, progress=progress, reuse=reuse,
+                                label=name, reused=reused)
+        times = [_train_seconds(out / name / f"seed{seed}") for seed in seeds]
+        rows.append({**seed_summary(runs), "row": name, "runs": runs,
+                     "train_seconds": None if None in times else round(sum(times), 1)})
+    return rows
+
+
+def _published_table(rows: Sequence[dict[str, Any]], published: dict[str, float]) -> str:
+    head = "| Row | Published mAP | Ours: mAP | Ours − published | Training time |\n| --- | ---: | ---: | ---: | ---: |"
+    lines = [head]
+    for r in rows:
+        pub = published.get(r["row"])
+        mean = 100 * r["mean"]["total"]
+        t = r.get("train_seconds")
+        lines.append(f"| {r['name']} | {'–' if pub is None else f'{pub:.2f}'} | {format_mean_sd(r['mean']['total'], r['sd']['total'])} | "
+                     f"{'–' if pub is None else f'{mean - pub:+.2f}'} | {'–' if t is None else _duration(t)} |")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def write_comparison(rows: Sequence[dict[str, Any]], out: str | Path, seeds: Sequence[int], *, title: str,
+                     published: dict[str, float] | None = None, seconds: float | None = None) -> dict[str, Any]:
+    """Write ``results.md`` / ``results.json``, the figures and the report of ``rows`` into ``out``.
+
+    Returns ``{"table", "caption", "figures": {file name: path}, "report": path}``.
+    """
+    from dbloss.plots import ap_increment_figure, per_class_ap_figure, save_figure
+    from dbloss.report import write_report
+
+    out = Path(out)
+    first = rows[0]["runs"][0]
+    table = seed_table(rows)
+    caption = (f"{title}, seeds {', '.join(map(str, seeds))}: mean ± sample standard deviation over seeds "
+               f"(x100; {first['num_train']} training / {first['num_test']} test images)")
+    text = f"{caption}\n\n{table}\n"
+    if published is not None:
+        text += (f"\nPublished numbers ({PUBLISHED_SOURCE}) beside ours; training time summed over seeds; "
+                 f"– where no published value is known here.\n\n{_published_table(rows, published)}\n")
+    write_text(out / "results.md", text)
+    write_json(out / "results.json", {"title": title, "seeds": list(seeds), "rows": list(rows), "seconds": seconds,
+                                      "published": published})
+    freq, class_names, split = first["train_class_freq"], first["class_names"], first["split"]
+    figs = {"per_class_ap.png": per_class_ap_figure(rows, freq, class_names, split)}
+    by_row = {r["row"]: r for r in rows}
+    for a, b in (("rs", "db_focal"), *INCREMENT_STEPS):  # the whole gain, then each step of it
+        if a in by_row and b in by_row:
+            fname = "ap_increment.png" if (a, b) == ("rs", "db_focal") else f"ap_increment_{b}_over_{a}.png"
+            figs[fname] = ap_increment_figure(by_row[b], by_row[a], freq, class_names, split)
+    for fname, fig in figs.items():
+        save_figure(fig, out / fname)
+    report = write_report([out / r["row"] / f"seed{seeds[0]}" for r in rows], out / "report")
+    return {"table": table, "caption": caption, "text": text, "figures": {f: out / f for f in figs},
+            "report": report.get("html")}
+
+
+def run_demo(
+    out: str | Path = "runs/demo",
+    recipes: Sequence[str] | None = None,
+    seeds: Sequence[int] = (0, 1, 2),
+    setting: Literal["pretrained", "scratch"] = "pretrained",
+    epochs: int | None = None,
+    progress: bool = True,
+    overrides: Sequence[str] = (),
+    readme: str | Path | None = None,
+    figures: str | Path | None = None,
+    reuse: bool = True,
+) -> list[dict[str, Any]]:
+    """Train the demo recipes (``["all"]`` for every row) over ``seeds`` and write the comparison.
+
+    Args:
+        readme: a Markdown file whose ``<!-- demo-table -->`` block (``demo-scratch-table`` for the
+            scratch setting) gets the generated table; ``figures`` then receives the figures.
+
+    Returns:
+        One :func:`dbloss.report.seed_summary` per row (with ``"runs"``: every seed's metrics).
+    """
+    if setting not in SETTINGS:
+        raise ValueError(f"Expected `setting` to be one of {tuple(SETTINGS)}, but got {setting!r}")
+    folder = SETTINGS[setting]
+    names = list(recipes or DEFAULT_DEMO_RECIPES)
+    if names == ["all"]:
+        names = [n for n in ALL_DEMO_RECIPES if n in _available(folder)]
+    names = _resolve_rows(folder, names, f"{setting} demo")
+    out = Path(out)
+    t_start = time.perf_counter()
+    extra = [f"data_root={out / 'data'}", *([f"epochs={epochs}"] if epochs else []), *overrides]
+    reused: list[str] = []
+    rows = run_comparison(folder, names, seeds, out, extra, progress=progress, reuse=reuse, reused=reused)
+    seconds = time.perf_counter() - t_start
+    written = write_comparison(rows, out, seeds, title=f"{setting.capitalize()} setting", seconds=seconds)
+    print(f"\n{written['caption']}\n{written['table']}")
+    print(f"figures: {', '.join(str(p) for p in written['figures'].values())}\nreport: {written['report']}")
+    if readme is not None:
+        _update_readme(readme, figures, setting, names, seeds, seconds, reused, written)
+    return rows
+
+
+def _update_readme(readme: str | Path, figures: str | Path | None, setting: str, names: Sequence[str],
+                   seeds: Sequence[int], seconds: float, reused: list[str], written: dict[str, Any]) -> None:
+    """Write the demo table into the README's block and copy its figures next to it."""
+    stem = "demo" if setting == "pretrained" else "demo_scratch"
+    fig_dir = Path(figures) if figures else Path(readme).parent / "docs" / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    links = []
+    for fname, path in written["figures"].items():
+        if fname.startswith("ap_increment_"):
+            continue  # the README shows the per-class AP and the DB-Focal-over-RS increment (ap_increment.png)
+        target = fig_dir / f"{stem}_{fname}"
+        shutil.copyfile(path, target)
+        links.append(f"![{fname[:-4].replace('_', ' ')}]({target.relative_to(Path(readme).parent).as_posix()})")
+    cmd = f"dbloss demo --setting {setting} --seeds {' '.join(map(str, seeds))}" + (
+        f" --recipes {' '.join(names)}" if list(names) != list(DEFAULT_DEMO_RECIPES) else "")
+    took = f"{seconds / 60:.1f} min on this machine" + (
+        f", {len(reused)} of {len(names) * len(seeds)} runs reused from an earlier call" if reused else "")
+    text = f"Generated by `{cmd}` ({took}). {written['caption']}.\n\n{written['table']}\n\n" + "\n".join(links)
+    update_marked_block(readme, "demo-table" if setting == "pretrained" else "demo-scratch-table", text)
+    print(f"updated {readme}")
+
+
+def reproduce(
+    benchmark: str,
+    rows: Sequence[str] | None = None,
+    seeds: Sequence[int] = (0, 1, 2),
+    out: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    progress: bool = True,
+    reuse: bool = True,
+) -> list[dict[str, Any]]:
+    """Run every row of the paper's comparison on ``benchmark`` over ``seeds`` and write the report.
+
+    Args:
+        benchmark: "voc-mlt", "coco-mlt" (their recipes read ``data/``, see ``dbloss data download``)
+            or "demo" (the built-in data, as ``dbloss demo``).
+        rows: recipe names of the benchmark's folder (default: :data:`PAPER_ROWS`; ``["all"]``:
+            every recipe of the folder, ASL included).
+        out: default ``runs/<benchmark>``.
+        overrides: ``key=value`` settings for every run (e.g. ``epochs=2`` for a smoke test).
+
+    Finished runs with the same resolved configuration are reused. Under ``torchrun`` every rank
+    trains and rank 0 writes the report.
+    """
+    if benchmark not in BENCHMARKS:
+        raise ValueError(f"Expected a benchmark among {sorted(BENCHMARKS)}, but got {benchmark!r}")
+    folder = BENCHMARKS[benchmark]
+    names = list(rows or PAPER_ROWS)
+    if names == ["all"]:
+        names = [n for n in (*PAPER_ROWS, "asl") if n in _available(folder)]
+    names = _resolve_rows(folder, names, benchmark)
+    out = Path(out or f"runs/{benchmark}")
+    extra = [*([f"data_root={out / 'data'}"] if benchmark == "demo" else []), *overrides]
+    t_start = time.perf_counter()
+    results = run_comparison(folder, names, seeds, out, extra, progress=progress, reuse=reuse)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return results
+    written = write_comparison(results, out, seeds, title=f"{benchmark.upper()} ({', '.join(names)})",
+                               published=PUBLISHED.get(benchmark, {}), seconds=time.perf_counter() - t_start)
+    print(f"\n{written['text']}")
+    print(f"results: {out / 'results.md'}\nfigures: {', '.join(str(p) for p in written['figures'].values())}\n"
+          f"report: {written['report']}")
+    return results
