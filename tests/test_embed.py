@@ -15,7 +15,8 @@ import torch
 from torchvision.io import write_png
 
 from dbloss.data.features import load_feature_file
-from dbloss.embed import build_extractor, check_feature_dim, collect_inputs, extract_features, read_feature_meta
+from dbloss.embed import (build_extractor, check_feature_dim, collect_inputs, extract_features, extractor_from_meta,
+                          read_feature_meta)
 from dbloss.errors import UsageError
 from dbloss.model import FeatureClassifier
 
@@ -71,6 +72,10 @@ def test_folder_of_images(tmp_path, extractor):
     with torch.no_grad():
         ref = extractor(torch.stack([extractor.transform(load_image(p)) for p in sorted(paths)]))
     np.testing.assert_allclose(np.load(res.path)["features"], ref.numpy(), rtol=1e-4, atol=1e-5)
+    again = extractor_from_meta(read_feature_meta(res.path))  # what predict needs to answer for new images
+    with torch.no_grad():
+        np.testing.assert_allclose(again(torch.stack([again.transform(load_image(p)) for p in sorted(paths)])),
+                                   ref.numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_csv_and_coco_inputs_carry_their_labels(tmp_path, extractor):

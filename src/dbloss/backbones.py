@@ -154,7 +154,7 @@ def timm_stage_groups(model: nn.Module) -> list[list[str]]:
 def timm_stages(name_or_model: str | nn.Module) -> list[str]:
     """The labels of a timm model's stem and stages, the stem first (what ``frozen_stages`` counts).
 
-    >>> timm_stages("timm:resnet18")  # doctest: +SKIP
+    >>> timm_stages("timm:resnet18")
     ['stem', 'layer1', 'layer2', 'layer3', 'layer4']
     """
     model = name_or_model
@@ -227,8 +227,9 @@ def build_timm_backbone(
             ``frozen_stages`` than stages; ``MissingDependencyError`` without timm.
         ValueError: a weights file that does not fit the model (names the wrong or missing keys).
 
-    >>> net, dim = build_timm_backbone("timm:resnet18", weights=None)  # doctest: +SKIP
-    >>> net(torch.zeros(2, 3, 64, 64)).shape, dim  # doctest: +SKIP
+    >>> import torch
+    >>> net, dim = build_timm_backbone("timm:resnet18", weights=None)
+    >>> net(torch.zeros(2, 3, 64, 64)).shape, dim
     (torch.Size([2, 512]), 512)
     """
     timm = _timm(f"backbone {name!r}")

@@ -64,7 +64,8 @@ from dbloss.files import write_json
 from dbloss.model import is_pretrained
 
 __all__ = ["FeatureExtractor", "FeatureResult", "ImageInputs", "IMAGE_SUFFIXES", "build_extractor",
-           "check_feature_dim", "collect_inputs", "extract_demo_features", "extract_features", "read_feature_meta"]
+           "check_feature_dim", "collect_inputs", "extract_demo_features", "extract_features", "extractor_from_meta",
+           "read_feature_meta"]
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,8 @@ def _clip_extractor(spec: str, weights: str | None, image_size: int | None) -> F
     size = image_size or pp.size
     meta = {"backbone": spec, "weights": _file_identity(local) if local else tag, "image_size": int(size),
             "mean": list(getattr(visual, "image_mean", None) or pp.mean),
-            "std": list(getattr(visual, "image_std", None) or pp.std), "preprocess": "open_clip"}
+            "std": list(getattr(visual, "image_std", None) or pp.std), "preprocess": "open_clip",
+            "open_clip": open_clip.__version__}
     dim = int(getattr(visual, "output_dim", 0) or model.text_projection.shape[-1])
     return FeatureExtractor(spec, visual, dim, lambda img: preprocess(to_pil_image(img)), meta)
 
@@ -206,9 +208,9 @@ def build_extractor(
         image_size: the input size; default the backbone's own (:func:`backbone_preprocessing`).
         data_root: where ``demo-source`` weights are cached (default ``demo_data``).
 
-    >>> ext = build_extractor("timm:resnet18", weights=None, image_size=64)  # doctest: +SKIP
-    >>> ext(torch.zeros(2, 3, 64, 64)).shape  # doctest: +SKIP
-    torch.Size([2, 512])
+    >>> ext = build_extractor("timm:resnet18", weights=None, image_size=64)
+    >>> ext(torch.zeros(2, 3, 64, 64)).shape, ext.dim
+    (torch.Size([2, 512]), 512)
     """
     if image_size is not None and (isinstance(image_size, bool) or int(image_size) < 8):
         raise ValueError(f"Expected `image_size` >= 8 or None, but got {image_size!r}")
@@ -232,6 +234,10 @@ def build_extractor(
     local = Path(str(weights)) if is_pretrained(weights) and Path(str(weights)).is_file() else None
     meta = {"backbone": backbone, "weights": _file_identity(local) if local else (weights or "none"),
             "image_size": size, "mean": list(pp.mean), "std": list(pp.std), "preprocess": "dbloss-resize"}
+    if is_timm_name(backbone):  # which weights DEFAULT means, and the model code, are timm's
+        import timm
+
+        meta["timm"] = timm.__version__
     return FeatureExtractor(backbone, model, dim, eval_transform(size, mean=pp.mean, std=pp.std), meta)
 
 
@@ -378,7 +384,10 @@ class _Cache:
         for f in sorted(self.dir.glob("batch-*.npz")):
             try:
                 with np.load(f, allow_pickle=False) as z:
-                    keys, feats = z["keys"], z["features"]
+                    keys = z["keys"]
+                    if wanted.isdisjoint(keys.tolist()):  # the features of a batch are read only when needed
+                        continue
+                    feats = z["features"]
             except (OSError, ValueError, KeyError) as e:  # a torn file cannot happen (atomic writes); a foreign one can
                 log.warning("ignoring unreadable cache file %s (%s)", f, e)
                 continue
@@ -573,7 +582,7 @@ def extract_demo_features(
     arguments go to :func:`extract_features`.
     """
     from dbloss.data.coco import read_coco
-    from dbloss.data.synthetic import generate_demo_dataset
+    from dbloss.data import generate_demo_dataset  # the package name stays while its module is renamed
 
     paths = generate_demo_dataset(data_root, seed=0)
     extractor = backbone if isinstance(backbone, FeatureExtractor) else build_extractor(
@@ -591,6 +600,26 @@ def read_feature_meta(path: str | Path) -> dict[str, Any]:
         return {}
     with np.load(path, allow_pickle=False) as z:
         return json.loads(str(z["meta"])) if "meta" in z.files else {}
+
+
+def extractor_from_meta(meta: dict[str, Any], *, data_root: str | Path | None = None) -> FeatureExtractor:
+    """Rebuild the extractor that wrote a features file from its ``meta`` (:func:`read_feature_meta`),
+    e.g. to embed new images for a head trained on that file.
+
+    Raises:
+        UsageError: ``meta`` is empty (a file from elsewhere), or the rebuilt extractor differs from
+            the recorded one (e.g. its local weights file changed since); the message names both.
+    """
+    if not meta or "backbone" not in meta:
+        raise UsageError("these features record no backbone (not written by `dbloss features`): name the backbone")
+    w = meta.get("weights")
+    weights = w["path"] if isinstance(w, dict) else (None if w in (None, "none") else w)
+    ext = build_extractor(meta["backbone"], weights, image_size=meta.get("image_size"), data_root=data_root)
+    differs = {k: (meta.get(k), v) for k, v in ext.meta.items() if meta.get(k) != v}
+    if differs:
+        raise UsageError(f"the backbone {meta['backbone']!r} rebuilt here differs from the one that wrote the "
+                         f"features: {differs} (recorded, now)")
+    return ext
 
 
 def check_feature_dim(path: str | Path, expected: int | nn.Module, *, what: str = "the feature model") -> int:
