@@ -158,6 +158,8 @@ def test_bad_inputs_are_refused(tmp_path, extractor):
         collect_inputs([paths[0], paths[0]])
     with pytest.raises(UsageError, match=r"a \.npz file"):
         extract_features(extractor, [paths[0]], tmp_path / "f.csv")
+    with pytest.raises(UsageError, match="small_cnn' has no published weights: use weights demo-source"):
+        build_extractor("small_cnn")  # weights DEFAULT
 
 
 def test_torchvision_and_clip_backbones(tmp_path):

@@ -220,10 +220,14 @@ def build_extractor(
 
     pp = backbone_preprocessing(backbone)
     size = int(image_size or pp.size)
+    if backbone == "small_cnn" and weights in ("DEFAULT", "default"):
+        raise UsageError("backbone 'small_cnn' has no published weights: use weights demo-source (pretrained on the "
+                         "built-in source set, made on first use), a local .pth file, or none")
     if weights == "demo-source":
         from dbloss.pretrain import resolve_weights
 
-        weights = resolve_weights(weights, backbone, size, None if data_root is None else str(data_root))
+        with torch.random.fork_rng(devices=[]):  # pretraining here (first use) or not: the caller's generator unchanged
+            weights = resolve_weights(weights, backbone, size, None if data_root is None else str(data_root))
     from dbloss.model import build_backbone
 
     with _seeded(weights):
