@@ -376,3 +376,24 @@ def test_a_loss_argument_the_loss_does_not_take_is_a_usage_error(feature_files, 
     cfg = load_config(None, feature_overrides(train_f, test_f, tmp_path / "run", **{"loss_args": {"lambda_": 1.0}}))
     with pytest.raises(UsageError, match=r"loss_args: Loss 'db-focal' got unexpected argument\(s\) \['lambda_'\]"):
         train(cfg, progress=False)
+
+
+def test_per_class_thresholds_are_chosen_on_validation_reported_and_stored(feature_files, tmp_path):
+    from dbloss.files import load_checkpoint
+    from dbloss.metrics import f1_scores
+
+    train_f, test_f = feature_files
+    out = tmp_path / "thr"
+    res = train(load_config(None, feature_overrides(train_f, test_f, out, val_size=200, min_val_positives=5,
+                                                    threshold_search=[0.1, 0.9, 0.1])), progress=False)
+    pc = res["per_class_thresholds"]
+    assert len(pc["thresholds"]) == 8 and set(pc["macro_f1_groups"]) == {"head", "medium", "tail"}
+    assert any(t != res["threshold"] for t in pc["thresholds"])  # (the fallback rule: tests/test_thresholds.py)
+    # the reported F1 is the F1 of the test predictions at those thresholds
+    pred = np.load(out / "predictions.npz")
+    again = f1_scores(pred["scores"], pred["targets"], threshold=pc["thresholds"])
+    assert pc["micro_f1"] == pytest.approx(again["micro_f1"])
+    # the global-threshold F1 stays where it was
+    assert res["micro_f1"] == pytest.approx(f1_scores(pred["scores"], pred["targets"], res["threshold"])["micro_f1"])
+    stored = load_checkpoint(out / "checkpoint.pt")["thresholds"]
+    assert stored == {"global": res["threshold"], "per_class": pc["thresholds"]}

@@ -290,3 +290,17 @@ def test_large_case_matches_sklearn() -> None:
 def test_docstring_examples() -> None:
     result = doctest.testmod(metrics_module, extraglobs={"torch": torch}, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_f1_with_per_class_thresholds_equals_each_class_at_its_own() -> None:
+    rng = np.random.default_rng(3)
+    scores, targets = rng.random((200, 7)), (rng.random((200, 7)) < 0.3).astype(int)
+    thr = rng.uniform(0.2, 0.8, 7)
+    out = f1_scores(scores, targets, threshold=thr)
+    for k in range(7):
+        alone = f1_scores(scores[:, [k]], targets[:, [k]], threshold=float(thr[k]))["per_class_f1"][0]
+        assert out["per_class_f1"][k].item() == pytest.approx(alone.item())
+    pred = scores > thr
+    assert out["micro_f1"] == pytest.approx(f1_score(targets, pred, average="micro", zero_division=0))
+    with pytest.raises(ValueError, match=r"per-class `threshold` of shape \(7,\)"):
+        f1_scores(scores, targets, threshold=thr[:3])

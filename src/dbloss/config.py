@@ -97,6 +97,9 @@ class TrainConfig:
     # evaluation
     threshold: float = 0.5
     threshold_search: list[float] | None = None  # [low, high, step]: pick a global threshold on the val split
+    # per-class thresholds (chosen on the val split for each class's F1, stored in the checkpoint and used
+    # by predict): a class with fewer validation positives than this keeps the global threshold
+    min_val_positives: int = 5
     keep_best: bool = False  # score the val split after every epoch; test the epoch with the best val micro-F1
     patience: int = 0  # with keep_best: stop after this many epochs without a better val micro-F1 (0: never)
     eval_batch_size: int = 64
@@ -131,6 +134,8 @@ class TrainConfig:
             raise ValueError(f"Expected `dataset` to be one of {kinds}, but got {self.dataset!r}")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"Expected 0 < `threshold` < 1, but got {self.threshold!r}")
+        if isinstance(self.min_val_positives, bool) or self.min_val_positives < 1:
+            raise ValueError(f"Expected `min_val_positives` >= 1, but got {self.min_val_positives!r}")
         if self.threshold_search is not None and len(self.threshold_search) != 3:
             raise ValueError(f"Expected `threshold_search` = [low, high, step], but got {self.threshold_search!r}")
         if self.keep_best and not self.val_size:

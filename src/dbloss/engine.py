@@ -42,6 +42,7 @@ from dbloss.pipeline import DataBundle, build_data, prepare_data
 from dbloss.pretrain import BUILTIN_WEIGHTS, resolve_weights
 from dbloss.sampling import ClassAwareSampler
 from dbloss.stats import LabelStats
+from dbloss.thresholds import per_class_thresholds
 from dbloss.tables import results_table
 
 __all__ = ["NonFiniteLossError", "RUN_FILES", "build", "build_optimizer", "evaluate", "evaluate_checkpoint",
@@ -339,9 +340,11 @@ def select_threshold(scores: torch.Tensor, targets: torch.Tensor, search: list[f
 
 
 def validation_scores(model: nn.Module, data: DataBundle, cfg: TrainConfig, device: torch.device,
-                      env: DistEnv) -> dict[str, float]:
+                      env: DistEnv) -> dict[str, Any]:
     """Micro/macro-F1 on the validation split at the threshold the run will use (searched on it when
-    ``threshold_search`` is set, else ``cfg.threshold``): what recipes and epochs are chosen on."""
+    ``threshold_search`` is set, else ``cfg.threshold``): what recipes and epochs are chosen on.
+    Also the per-class thresholds chosen on it (:func:`dbloss.thresholds.per_class_thresholds`,
+    the global one for classes with fewer than ``min_val_positives`` validation positives)."""
     val_scores, val_targets = evaluate(model, data.val, device, cfg, env)
     threshold = cfg.threshold
     if cfg.threshold_search:
@@ -350,18 +353,33 @@ def validation_scores(model: nn.Module, data: DataBundle, cfg: TrainConfig, devi
     with warnings.catch_warnings():  # a small hold-out may lack a rare class: its AP is left out (NaN)
         warnings.simplefilter("ignore")
         val_map = float(mean_average_precision(val_scores, val_targets)["total"])
+    per_class = per_class_thresholds(val_scores, val_targets, fallback=threshold, min_positives=cfg.min_val_positives)
     return {"micro_f1": float(f1["micro_f1"]), "macro_f1": float(f1["macro_f1"]), "mAP": val_map,
-            "threshold": threshold}
+            "threshold": threshold, "per_class_thresholds": per_class.tolist()}
+
+
+def _f1_record(scores: torch.Tensor, targets: torch.Tensor, stats: LabelStats,
+               threshold: float | list[float]) -> dict[str, Any]:
+    """Micro / macro-F1, per class and per group at ``threshold`` (global or per class), JSON-ready."""
+    f1 = f1_scores(scores, targets, threshold=threshold)
+    per_class_f1 = f1["per_class_f1"].double()
+    groups = {g: nanmean(per_class_f1[idx]) for g, idx in stats.split.items()}
+    return {"micro_f1": float(f1["micro_f1"]), "macro_f1": float(f1["macro_f1"]),
+            "per_class_f1": [None if math.isnan(v) else v for v in per_class_f1.tolist()],
+            "macro_f1_groups": {g: None if math.isnan(v) else v for g, v in groups.items()}}
 
 
 def result_record(scores: torch.Tensor, targets: torch.Tensor, stats: LabelStats, cfg: TrainConfig,
-                threshold: float) -> dict[str, Any]:
-    """The test metrics of a run (what ``metrics.json`` holds) from its (N, C) scores and targets."""
+                  threshold: float, class_thresholds: list[float] | None = None) -> dict[str, Any]:
+    """The test metrics of a run (what ``metrics.json`` holds) from its (N, C) scores and targets:
+    F1 at the global ``threshold`` and, with ``class_thresholds``, under ``"per_class_thresholds"``
+    the F1 at those (C,) thresholds (chosen on the validation split)."""
     res = summarize(scores, targets, stats.split, threshold=threshold, class_names=stats.class_names)
-    per_class_f1 = f1_scores(scores, targets, threshold=threshold)["per_class_f1"].double()
-    res["per_class_f1"] = [None if math.isnan(v) else v for v in per_class_f1.tolist()]
-    groups = {g: nanmean(per_class_f1[idx]) for g, idx in stats.split.items()}
-    res["macro_f1_groups"] = {g: None if math.isnan(v) else v for g, v in groups.items()}
+    f1 = _f1_record(scores, targets, stats, threshold)
+    res["per_class_f1"], res["macro_f1_groups"] = f1["per_class_f1"], f1["macro_f1_groups"]
+    if class_thresholds is not None:
+        res["per_class_thresholds"] = {"thresholds": list(class_thresholds),
+                                       **_f1_record(scores, targets, stats, class_thresholds)}
     res.update(name=cfg.name, loss=cfg.loss, sampler=cfg.sampler, dataset=cfg.dataset, class_names=stats.class_names,
                train_class_freq=stats.class_freq.tolist(), split=stats.split, epochs=cfg.epochs, seed=cfg.seed,
                num_train=int(stats.num_samples), num_test=len(targets))
@@ -375,7 +393,8 @@ def _test(model: nn.Module, data: DataBundle, stats: LabelStats, cfg: TrainConfi
     if val is None and data.val is not None:
         val = validation_scores(model, data, cfg, device, env)
     scores, targets = evaluate(model, data.test, device, cfg, env)
-    res = result_record(scores, targets, stats, cfg, cfg.threshold if val is None else val["threshold"])
+    res = result_record(scores, targets, stats, cfg, cfg.threshold if val is None else val["threshold"],
+                        None if val is None else val.get("per_class_thresholds"))
     if val is not None:
         res["val"] = val
     return res, scores, targets
@@ -604,7 +623,8 @@ def _best_validated(model: nn.Module, cfg: TrainConfig, state: _TrainState, best
     if env.is_main:
         log.info("testing epoch %d, the best on validation (micro-F1 %.4f)", state.best["epoch"],
                  state.best["micro_f1"])
-    return {k: state.best[k] for k in ("micro_f1", "macro_f1", "mAP", "threshold") if k in state.best}
+    return {k: state.best[k] for k in ("micro_f1", "macro_f1", "mAP", "threshold", "per_class_thresholds")
+            if k in state.best}
 
 
 def _open_run(cfg: TrainConfig, env: DistEnv, device: torch.device, resume: bool | str,
@@ -624,6 +644,17 @@ def _open_run(cfg: TrainConfig, env: DistEnv, device: torch.device, resume: bool
     return ckpt
 
 
+def _store_thresholds(out: Path, res: dict[str, Any]) -> None:
+    """Add the decision thresholds the run chose (global, and per class when it had a validation
+    split) to its checkpoints, where :mod:`dbloss.predict` reads them."""
+    thresholds = {"global": float(res["threshold"]),
+                  "per_class": res.get("per_class_thresholds", {}).get("thresholds")}
+    for name in ("checkpoint.pt", "best.pt"):
+        if (out / name).is_file():
+            ckpt = load_checkpoint(out / name)
+            save_checkpoint(out / name, {**ckpt, "thresholds": thresholds})
+
+
 def _finish(model: nn.Module, data: DataBundle, stats: LabelStats, cfg: TrainConfig, device: torch.device,
             env: DistEnv, state: _TrainState, runlog: _RunLog) -> dict[str, Any]:
     """Test the trained (or best validated) model and write the run's results (rank 0)."""
@@ -634,6 +665,7 @@ def _finish(model: nn.Module, data: DataBundle, stats: LabelStats, cfg: TrainCon
         res["best_epoch"], res["epochs_run"] = state.best["epoch"], state.epoch
     if env.is_main:
         _write_results(out, res, scores, targets)
+        _store_thresholds(out, res)
         runlog.write(type="eval", **{k: res[k] for k in ("mAP", "micro_f1", "macro_f1", "threshold")})
         for k, v in res["mAP"].items():
             runlog.scalar(f"test/mAP_{k}", v, state.iteration)

@@ -177,8 +177,9 @@ def _ap_block(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return torch.where(num_pos > 0, total / num_pos.clamp_min(1), torch.full_like(total, float("nan")))
 
 
-def _f1_counts_block(s: torch.Tensor, t: torch.Tensor, threshold: float) -> torch.Tensor:
-    """(k, 3) int64 TP, FP, FN per row of a (k, N) block, predictions ``s > threshold``."""
+def _f1_counts_block(s: torch.Tensor, t: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tensor:
+    """(k, 3) int64 TP, FP, FN per row of a (k, N) block, predictions ``s > threshold`` (a number,
+    or (k, 1) per-row thresholds)."""
     pred = s > threshold
     pos, neg = t == 1, t == 0
     tp = (pred & pos).sum(1, dtype=torch.int64)
@@ -188,9 +189,11 @@ def _f1_counts_block(s: torch.Tensor, t: torch.Tensor, threshold: float) -> torc
 
 
 def _evaluate(
-    s: torch.Tensor, t: torch.Tensor, ignore_index: int | None, ap: bool = True, threshold: float | None = None
+    s: torch.Tensor, t: torch.Tensor, ignore_index: int | None, ap: bool = True,
+    threshold: float | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """One pass over column blocks: per-class AP (C,) and/or F1 counts (C, 3)."""
+    """One pass over column blocks: per-class AP (C,) and/or F1 counts (C, 3) at ``threshold``
+    (one number, or a (C,) tensor of per-class thresholds)."""
     c = s.shape[1]
     aps = torch.empty(c, dtype=torch.float64, device=s.device) if ap else None
     counts = torch.empty(c, 3, dtype=torch.int64, device=s.device) if threshold is not None else None
@@ -199,7 +202,8 @@ def _evaluate(
         if aps is not None:
             aps[start:stop] = _ap_block(sb, tb)
         if counts is not None:
-            counts[start:stop] = _f1_counts_block(sb, tb, threshold)
+            thr = threshold[start:stop, None].to(sb) if isinstance(threshold, torch.Tensor) else threshold
+            counts[start:stop] = _f1_counts_block(sb, tb, thr)
     return aps, counts
 
 
@@ -307,14 +311,22 @@ def _f1_from_counts(counts: torch.Tensor) -> dict[str, Any]:
     return {"micro_f1": micro, "macro_f1": nanmean(per_class), "per_class_f1": per_class}
 
 
-def _check_threshold(threshold: Any) -> float:
+def _check_threshold(threshold: Any, num_classes: int | None = None) -> float | torch.Tensor:
+    """A finite number, or (with ``num_classes``) a (C,) sequence of finite per-class thresholds (float64)."""
+    if num_classes is not None and isinstance(threshold, (torch.Tensor, np.ndarray, list, tuple)):
+        thr = torch.as_tensor(np.asarray(threshold, dtype=np.float64))
+        if thr.shape != (num_classes,) or not bool(torch.isfinite(thr).all()):
+            raise ValueError(f"Expected per-class `threshold` of shape ({num_classes},) with finite values, "
+                             f"but got shape {tuple(thr.shape)}")
+        return thr
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
         raise ValueError(f"Expected `threshold` to be a finite number, but got {threshold!r}")
     return float(threshold)
 
 
-def f1_scores(scores: Any, targets: Any, threshold: float = 0.5, ignore_index: int | None = -1) -> dict[str, Any]:
-    """Micro and macro F1 of the predictions ``scores > threshold``.
+def f1_scores(scores: Any, targets: Any, threshold: float | Sequence[float] | torch.Tensor = 0.5,
+              ignore_index: int | None = -1) -> dict[str, Any]:
+    """Micro and macro F1 of the predictions ``scores > threshold`` (one threshold, or one per class).
 
     ``scores`` are probabilities: apply ``torch.sigmoid`` to logits first (with the default
     threshold 0.5 this equals the original DB code's ``logits > 0``).
@@ -329,7 +341,8 @@ def f1_scores(scores: Any, targets: Any, threshold: float = 0.5, ignore_index: i
     Args:
         scores: (N, C) probabilities, finite.
         targets: (N, C) 0/1 targets, ``ignore_index`` entries left out.
-        threshold: a score strictly above it is a positive prediction. Default 0.5.
+        threshold: a score strictly above it is a positive prediction: a number, or (C,) per-class
+            thresholds (e.g. :func:`dbloss.thresholds.per_class_thresholds`). Default 0.5.
         ignore_index: value of ignored targets, or None. Default -1.
 
     Returns:
@@ -339,8 +352,8 @@ def f1_scores(scores: Any, targets: Any, threshold: float = 0.5, ignore_index: i
     >>> round(out["micro_f1"], 4), round(out["macro_f1"], 4)
     (0.8, 0.8333)
     """
-    threshold = _check_threshold(threshold)
     s, t = _check_inputs(scores, targets, ignore_index)
+    threshold = _check_threshold(threshold, s.shape[1])
     _, counts = _evaluate(s, t, ignore_index, ap=False, threshold=threshold)
     return _f1_from_counts(counts)
 
