@@ -40,6 +40,8 @@ def test_timm_backbone_builds_and_classifies_pooled_features():
     assert model.backbone(torch.zeros(2, 3, 64, 64)).shape == (2, 512)  # pooled by timm, not pooled again
     assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 5)
     assert not _frozen(model)  # from scratch: nothing frozen (None -> 0)
+    vit = build_model(5, backbone="timm:vit_tiny_patch16_224", weights=None, neck_dim=16).eval()
+    assert vit(torch.zeros(2, 3, 32, 32)).shape == (2, 5)  # dynamic_img_size: any recipe image_size
 
 
 def test_resnet_frozen_stages_freeze_stem_and_first_layers_and_their_batch_norms(tmp_path):

@@ -43,6 +43,7 @@ timm and open_clip are optional dependencies (``pip install 'dbloss[timm]'``,
 from __future__ import annotations
 
 import difflib
+import inspect
 import re
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -219,7 +220,10 @@ def build_timm_backbone(
             ``None``: 1 with pretrained weights, 0 without.
         image_size: for models with a fixed input size (ViT, Swin, ...): resize their position
             embeddings / windows to this square size (``model.set_input_size``); ignored by CNNs.
-            Default None: the model's own (224 for most).
+            Default None (the size is not known here, as in ``dbloss train``): models that can
+            resample their position embeddings per input (timm's ``dynamic_img_size``: ViT, DeiT,
+            EVA, ...) are built so, and take any ``image_size`` the recipe gives (a multiple of
+            the patch size); others (Swin) keep theirs (224 for most).
         model_kwargs: passed to ``timm.create_model`` (e.g. ``drop_path_rate=0.1``).
 
     Raises:
@@ -241,14 +245,20 @@ def build_timm_backbone(
                          f"a local .pth/.pt file, but got {weights!r}; for other pretrained weights of the model "
                          f"name timm's tag in the backbone, e.g. 'timm:{model_name.split('.')[0]}.TAG'")
     pretrained = is_pretrained(weights) and local is None
-    try:
-        model = timm.create_model(model_name, pretrained=pretrained, num_classes=0, **model_kwargs)
-    except (OSError, RuntimeError, ValueError) as e:
-        if not pretrained:
-            raise
-        raise UsageError(f"backbone {name!r}: timm could not fetch its pretrained weights ({type(e).__name__}: {e}). "
-                         "Without network access give a local file (weights=PATH.pth) or weights=none "
-                         "(HF_HUB_OFFLINE=1 makes timm fail at once instead of retrying)") from None
+    def create(**extra: Any) -> nn.Module:
+        try:
+            return timm.create_model(model_name, pretrained=pretrained, num_classes=0, **model_kwargs, **extra)
+        except (OSError, RuntimeError, ValueError) as e:
+            if not pretrained:
+                raise
+            raise UsageError(f"backbone {name!r}: timm could not fetch its pretrained weights ({type(e).__name__}: "
+                             f"{e}). Without network access give a local file (weights=PATH.pth) or weights=none "
+                             "(HF_HUB_OFFLINE=1 makes timm fail at once instead of retrying)") from None
+
+    model = create()
+    if image_size is None and "dynamic_img_size" not in model_kwargs and not getattr(model, "dynamic_img_size", True) \
+            and "dynamic_img_size" in inspect.signature(type(model).__init__).parameters:
+        model = create(dynamic_img_size=True)  # a ViT at any input size: position embeddings resampled per input
     if local is not None:
         _load_local(model, local, name)
     if image_size is not None and hasattr(model, "set_input_size"):
