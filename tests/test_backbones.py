@@ -116,3 +116,14 @@ def test_missing_timm_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)  # import timm -> ImportError
     with pytest.raises(MissingDependencyError, match=r"pip install 'dbloss\[timm\]'"):
         build_model(3, backbone="timm:resnet18", weights=None)
+
+
+def test_safetensors_weights_go_through_timms_loader(tmp_path):
+    safetensors = pytest.importorskip("safetensors.torch")
+    _, state = _weights_file(tmp_path, "resnet18")
+    safetensors.save_file(state, str(tmp_path / "model.safetensors"))  # as timm's hub publishes them
+    net, _ = build_timm_backbone("timm:resnet18", str(tmp_path / "model.safetensors"))
+    assert torch.equal(net.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
+    assert _frozen(net) == {n for n, _ in net.named_parameters() if n.startswith(("conv1.", "bn1.", "layer1."))}
+    with pytest.raises(ValueError, match=r"model\.safetensors: weights do not match backbone 'timm:convnext_atto'"):
+        build_timm_backbone("timm:convnext_atto", str(tmp_path / "model.safetensors"))

@@ -192,7 +192,7 @@ def _local_weights(weights: str | None) -> Path | None:
     if not is_pretrained(weights):
         return None
     path = Path(str(weights))
-    if path.suffix in (".pth", ".pt") or path.exists():
+    if path.suffix in (".pth", ".pt", ".safetensors") or path.exists():
         if not path.is_file():
             raise FileNotFoundError(f"backbone weights file not found: {path}")
         return path
@@ -214,7 +214,9 @@ def build_timm_backbone(
             pretrained tag (``timm:vit_base_patch16_224.augreg_in21k``).
         weights: ``"DEFAULT"`` (timm's pretrained weights of that name/tag, downloaded by timm where
             the network allows and cached by huggingface_hub), a local ``.pth``/``.pt`` state dict
-            of the model (its classifier may be absent; read with ``weights_only``), or
+            of the model (its classifier may be absent; read with ``weights_only``), a local
+            ``.safetensors`` file as timm's hub publishes them (read by timm's own loader, which
+            drops the classifier and resamples a ViT's position embeddings), or
             ``None``/``"none"`` (random init).
         frozen_stages: freeze the stem and the first ``N`` stages (module docstring, per family);
             ``None``: 1 with pretrained weights, 0 without.
@@ -242,14 +244,21 @@ def build_timm_backbone(
     local = _local_weights(weights)
     if is_pretrained(weights) and local is None and weights not in _PRETRAINED_WORDS:
         raise UsageError(f"backbone {name!r}: expected weights to be DEFAULT (timm's pretrained weights), none, or "
-                         f"a local .pth/.pt file, but got {weights!r}; for other pretrained weights of the model "
-                         f"name timm's tag in the backbone, e.g. 'timm:{model_name.split('.')[0]}.TAG'")
+                         f"a local .pth/.pt/.safetensors file, but got {weights!r}; for other pretrained weights of "
+                         f"the model name timm's tag in the backbone, e.g. 'timm:{model_name.split('.')[0]}.TAG'")
     pretrained = is_pretrained(weights) and local is None
+    if local is not None and local.suffix == ".safetensors":  # timm's own loader: safetensors hold tensors only
+        model_kwargs = {**model_kwargs, "pretrained_cfg_overlay": {"file": str(local)}}
+
     def create(**extra: Any) -> nn.Module:
         try:
-            return timm.create_model(model_name, pretrained=pretrained, num_classes=0, **model_kwargs, **extra)
-        except (OSError, RuntimeError, ValueError) as e:
-            if not pretrained:
+            return timm.create_model(model_name, pretrained=pretrained or "pretrained_cfg_overlay" in model_kwargs,
+                                     num_classes=0, **model_kwargs, **extra)
+        except Exception as e:  # noqa: BLE001 - timm's loader and checkpoint filters raise any kind on a foreign file
+            if "pretrained_cfg_overlay" in model_kwargs:
+                raise ValueError(f"{local}: weights do not match backbone {name!r} ({type(e).__name__}: "
+                                 f"{str(e)[:500]})") from None
+            if not pretrained or not isinstance(e, (OSError, RuntimeError, ValueError)):
                 raise
             raise UsageError(f"backbone {name!r}: timm could not fetch its pretrained weights ({type(e).__name__}: "
                              f"{e}). Without network access give a local file (weights=PATH.pth) or weights=none "
@@ -259,7 +268,7 @@ def build_timm_backbone(
     if image_size is None and "dynamic_img_size" not in model_kwargs and not getattr(model, "dynamic_img_size", True) \
             and "dynamic_img_size" in inspect.signature(type(model).__init__).parameters:
         model = create(dynamic_img_size=True)  # a ViT at any input size: position embeddings resampled per input
-    if local is not None:
+    if local is not None and local.suffix != ".safetensors":
         _load_local(model, local, name)
     if image_size is not None and hasattr(model, "set_input_size"):
         model.set_input_size(img_size=int(image_size))
