@@ -87,7 +87,7 @@ def test_reproduce_demo_end_to_end_with_a_tiny_configuration(tmp_path, capsys):
     assert capsys.readouterr().out.count("reused") == 6
     # published values stand beside ours where known
     row = {**results["rows"][2], "row": "db_focal"}
-    assert "| 78.94 |" in _published_table([row], PUBLISHED["voc-mlt"])
+    assert "| 78.94 / 73.22 / 84.18 / 79.30 [a] |" in _published_table([row], PUBLISHED["voc-mlt"])
 
 
 def test_reproduce_rejects_unknown_rows_and_benchmarks(tmp_path):

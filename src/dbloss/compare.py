@@ -39,7 +39,7 @@ from dbloss.files import write_json, write_text
 from dbloss.tables import format_mean_sd, seed_table
 
 __all__ = ["ALL_DEMO_RECIPES", "BENCHMARKS", "DEFAULT_DEMO_RECIPES", "INCREMENT_STEPS", "PAPER_ROWS", "PUBLISHED",
-           "SETTINGS", "reproduce", "run_comparison", "run_demo", "run_recipe_seeds", "update_marked_block",
+           "PUBLISHED_SOURCES", "SETTINGS", "reproduce", "run_comparison", "run_demo", "run_recipe_seeds", "update_marked_block",
            "write_comparison"]
 
 log = logging.getLogger(__name__)
@@ -56,11 +56,28 @@ SETTINGS: dict[str, str] = {"pretrained": "demo", "scratch": "demo_scratch"}
 PAPER_ROWS: tuple[str, ...] = ("erm", "rw", "focal", "rs", "cb_focal", "ldam", "r_bce_focal", "ntr_focal", "db_focal")
 #: ``dbloss reproduce`` benchmark -> recipe folder.
 BENCHMARKS: dict[str, str] = {"voc-mlt": "voc_mlt", "coco-mlt": "coco_mlt", "demo": "demo"}
-#: Published total mAP (x100) per benchmark and row, with its source. Only the DB-Focal totals,
-#: which the paper's abstract-level results state, are given: the rest of its Table 1 could not
-#: be retrieved offline, and numbers are not written here from memory ("–" in the report).
-PUBLISHED: dict[str, dict[str, float]] = {"voc-mlt": {"db_focal": 78.94}, "coco-mlt": {"db_focal": 53.55}}
-PUBLISHED_SOURCE = "Wu et al., ECCV 2020, arXiv 2007.09654 (DB-Focal, ResNet-50)"
+#: Published mAP (x100: total, head, medium, tail) per benchmark and row, and the source key of
+#: :data:`PUBLISHED_SOURCES`. "a" is the original release (the DB-Focal rows of the paper's
+#: Table 1); "b" re-prints Wu et al.'s baselines beside its own runs and says its numbers average
+#: three runs, so some may be its re-runs. ERM, R-BCE-Focal and NTR-Focal need the paper's Table 1
+#: itself, which this project could not retrieve offline; no number is written from memory ("–").
+PUBLISHED: dict[str, dict[str, tuple[float, float, float, float, str]]] = {
+    "voc-mlt": {
+        "rw": (74.70, 67.58, 82.81, 73.96, "b"), "focal": (73.88, 69.41, 81.43, 71.56, "b"),
+        "rs": (75.38, 70.95, 82.94, 73.05, "b"), "cb_focal": (75.24, 70.30, 83.53, 72.74, "b"),
+        "ldam": (70.33, 68.73, 80.38, 69.09, "b"), "db_focal": (78.94, 73.22, 84.18, 79.30, "a"),
+    },
+    "coco-mlt": {
+        "rw": (42.27, 48.62, 45.80, 32.02, "b"), "focal": (49.46, 49.80, 54.77, 42.14, "b"),
+        "rs": (46.97, 47.58, 50.55, 41.70, "b"), "cb_focal": (49.06, 47.91, 53.01, 44.85, "b"),
+        "ldam": (40.53, 48.77, 48.38, 22.92, "b"), "db_focal": (53.55, 51.13, 57.05, 51.06, "a"),
+    },
+}
+PUBLISHED_SOURCES: dict[str, str] = {
+    "a": "the original release's README (github.com/wutong16/DistributionBalancedLoss): the paper's DB-Focal rows",
+    "b": "Table 1 of 'Long-Tailed Multi-Label Image Classification Through the Lens of Neural Collapse', "
+         "which re-prints Wu et al.'s baselines (unchecked against the paper)",
+}
 #: The paper's per-class AP increment figures: each step over the previous one.
 INCREMENT_STEPS: tuple[tuple[str, str], ...] = (("rs", "r_bce_focal"), ("r_bce_focal", "db_focal"))
 
@@ -162,15 +179,18 @@ def run_comparison(folder: str, names: Sequence[str], seeds: Sequence[int], out:
     return rows
 
 
-def _published_table(rows: Sequence[dict[str, Any]], published: dict[str, float]) -> str:
-    head = "| Row | Published mAP | Ours: mAP | Ours − published | Training time |\n| --- | ---: | ---: | ---: | ---: |"
-    lines = [head]
+def _published_table(rows: Sequence[dict[str, Any]], published: dict[str, tuple]) -> str:
+    """Ours (mean ± sd) beside the published mAP, total / head / medium / tail, and the training time."""
+    lines = ["| Row | Published: total / head / medium / tail | Ours: total | head | medium | tail | "
+             "Ours − published (total) | Training time |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         pub = published.get(r["row"])
-        mean = 100 * r["mean"]["total"]
+        ours = [format_mean_sd(r["mean"][k], r["sd"][k]) for k in ("total", "head", "medium", "tail")]
+        diff = "–" if pub is None else f"{100 * r['mean']['total'] - pub[0]:+.2f}"
+        cited = "–" if pub is None else " / ".join(f"{v:.2f}" for v in pub[:4]) + f" [{pub[4]}]"
         t = r.get("train_seconds")
-        lines.append(f"| {r['name']} | {'–' if pub is None else f'{pub:.2f}'} | {format_mean_sd(r['mean']['total'], r['sd']['total'])} | "
-                     f"{'–' if pub is None else f'{mean - pub:+.2f}'} | {'–' if t is None else _duration(t)} |")
+        lines.append(f"| {r['name']} | {cited} | {' | '.join(ours)} | {diff} | {'–' if t is None else _duration(t)} |")
     return "\n".join(lines)
 
 
@@ -194,7 +214,8 @@ def write_comparison(rows: Sequence[dict[str, Any]], out: str | Path, seeds: Seq
                f"(x100; {first['num_train']} training / {first['num_test']} test images)")
     text = f"{caption}\n\n{table}\n"
     if published is not None:
-        text += (f"\nPublished numbers ({PUBLISHED_SOURCE}) beside ours; training time summed over seeds; "
+        sources = "; ".join(f"[{k}] {v}" for k, v in PUBLISHED_SOURCES.items())
+        text += (f"\nPublished numbers beside ours (ResNet-50; {sources}); training time summed over seeds; "
                  f"– where no published value is known here.\n\n{_published_table(rows, published)}\n")
     write_text(out / "results.md", text)
     write_json(out / "results.json", {"title": title, "seeds": list(seeds), "rows": list(rows), "seconds": seconds,
