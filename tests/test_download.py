@@ -260,5 +260,22 @@ def test_published_id_list_is_fetched_with_the_images(server: _Server, tmp_path:
 
 
 def test_unknown_dataset() -> None:
-    with pytest.raises(ValueError, match=r"among \['coco2017', 'voc2007', 'voc2012'\].*'voc2010'"):
+    with pytest.raises(ValueError, match=r"among \['coco2017', 'voc2007', 'voc2012'\] or a benchmark.*'voc2010'"):
         download_dataset("voc2010")
+
+
+def test_a_benchmark_name_downloads_all_its_data_sets(server: _Server, tmp_path: Path) -> None:
+    """voc-mlt = VOC 2012 trainval, then VOC 2007 (trainval + test), through the CLI."""
+    from dbloss.cli import main
+
+    with pytest.raises(SystemExit):  # argparse: an unknown name
+        main(["data", "download", "lvis"])
+    assert main(["data", "download", "voc-mlt", "--dest", str(tmp_path), "--mirror", server.url, "--no-subset",
+                 "--no-progress"]) == 2  # the mirror has none of the files: a clear error, exit 2
+    assert [p for p, _ in server.requests] == ["/VOCtrainval_11-May-2012.tar"]  # 404: not retried
+    fetched: list[str] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dl, "download_archive", lambda archive, dest, **kw: fetched.append(archive.filename))
+        root = download_dataset("voc-mlt", tmp_path, subset=False)
+    assert fetched == ["VOCtrainval_11-May-2012.tar", "VOCtrainval_06-Nov-2007.tar", "VOCtest_06-Nov-2007.tar"]
+    assert root == tmp_path / "VOCdevkit"

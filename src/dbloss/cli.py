@@ -302,7 +302,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     fs.add_argument("--source", help="a local copy to verify and copy instead of downloading")
     dl = dsub.add_parser("download", help="download and unpack VOC 2007 / VOC 2012 / COCO 2017 (resumable, "
                          "checksummed) with the published VOC-MLT / COCO-MLT id lists")
-    dl.add_argument("name", choices=["voc2007", "voc2012", "coco2017"])
+    dl.add_argument("name", choices=["voc-mlt", "coco-mlt", "voc2007", "voc2012", "coco2017"],
+                    help="a benchmark's data (voc-mlt: VOC 2012 trainval + VOC 2007 + the VOC-MLT list; coco-mlt: "
+                    "COCO 2017 + the COCO-MLT list) or one data set")
     dl.add_argument("--dest", default="data", help="the data folder the recipes read (default: data)")
     dl.add_argument("--mirror", default=None, help="a URL prefix serving the same file names (default: $DBLOSS_MIRROR, "
                     "else the official hosts)")

@@ -48,6 +48,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Sequence
 
 __all__ = [
+    "BENCHMARK_DATA",
     "DATASETS",
     "MIRROR_ENV",
     "Archive",
@@ -135,6 +136,10 @@ DATASETS: dict[str, DatasetSpec] = {
         description="COCO 2017 train + val images and annotations and the COCO-MLT id list; 19 GB",
     ),
 }
+
+
+#: A benchmark's data in one call: its data sets, in order.
+BENCHMARK_DATA: dict[str, tuple[str, ...]] = {"voc-mlt": ("voc2012", "voc2007"), "coco-mlt": ("coco2017",)}
 
 
 def md5sum(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -392,7 +397,8 @@ def download_dataset(
     """Download one of :data:`DATASETS` into ``dest`` in the layout the recipes read; return its ``data_root``.
 
     Args:
-        name: "voc2007", "voc2012" or "coco2017".
+        name: "voc2007", "voc2012" or "coco2017", or a benchmark of :data:`BENCHMARK_DATA`
+            ("voc-mlt": VOC 2012 trainval + VOC 2007 test + the VOC-MLT list; "coco-mlt": COCO 2017).
         dest: the data folder (default ``data``, the recipes' ``data/...`` paths).
         mirror: a URL prefix serving the same file names (default ``$DBLOSS_MIRROR``, else the
             official hosts).
@@ -403,8 +409,13 @@ def download_dataset(
 
     A second call with everything in place does nothing.
     """
+    if name in BENCHMARK_DATA and archives is None:
+        roots = [download_dataset(part, dest, mirror=mirror, keep_archives=keep_archives, subset=subset,
+                                  progress=progress, **download_kwargs) for part in BENCHMARK_DATA[name]]
+        return roots[0]
     if name not in DATASETS:
-        raise ValueError(f"Expected a data set among {sorted(DATASETS)}, but got {name!r}")
+        raise ValueError(f"Expected a data set among {sorted(DATASETS)} or a benchmark among "
+                         f"{sorted(BENCHMARK_DATA)}, but got {name!r}")
     spec = DATASETS[name]
     dest = Path(dest)
     mirror = mirror if mirror is not None else (os.environ.get(MIRROR_ENV) or None)
