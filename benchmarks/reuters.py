@@ -78,7 +78,8 @@ def figure_names(tag: str = "") -> tuple[str, str]:
     stem = f"reuters-{tag}" if tag else "reuters"
     return f"{stem}_f1.png", f"{stem}_table.png"
 METRICS = ("micro_f1", "macro_f1", "f1_head", "f1_medium", "f1_tail", "map_total", "map_head", "map_medium",
-           "map_tail", "threshold", "seconds")
+           "map_tail", "threshold", "seconds", "pc_micro_f1", "pc_macro_f1", "pc_f1_head", "pc_f1_medium",
+           "pc_f1_tail", "pc_own")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -152,6 +153,14 @@ def _flat(res: dict[str, Any]) -> dict[str, float]:
         out[f"f1_{k}"] = math.nan if g[k] is None else g[k]
         out[f"map_{k}"] = math.nan if res["mAP"][k] is None else res["mAP"][k]
     out["map_total"] = res["mAP"]["total"]
+    pc = res.get("per_class_thresholds")  # F1 at the per-class thresholds chosen on validation
+    out["pc_micro_f1"] = math.nan if pc is None else pc["micro_f1"]
+    out["pc_macro_f1"] = math.nan if pc is None else pc["macro_f1"]
+    for k in GROUPS:
+        v = None if pc is None else pc["macro_f1_groups"][k]
+        out[f"pc_f1_{k}"] = math.nan if v is None else v
+    # classes with a threshold of their own (enough validation positives), not the global one
+    out["pc_own"] = math.nan if pc is None else float(sum(t != res["threshold"] for t in pc["thresholds"]))
     return out
 
 
@@ -319,10 +328,31 @@ def markdown(summary: dict[str, Any], command: str, tag: str = "", figure: bool 
     if summary["reused"]:
         lines.append(f"- {len(summary['reused'])} of the runs were read back from earlier invocations of this script "
                      "with identical configurations (`--reuse`); their times were measured by those invocations.")
+    lines += _threshold_lines(summary)
     if figure:
         lines += ["", f"![Reuters-21578: macro-F1 per group, and ours vs Huang et al.](docs/figures/{figure_names(tag)[0]})"]
     lines += ["", end]
     return "\n".join(lines)
+
+
+def _threshold_lines(summary: dict[str, Any]) -> list[str]:
+    """The per-class threshold table: F1 at the global threshold -> at the per-class ones, per group."""
+    rows = {r: e["aggregate"] for r, e in summary["rows"].items() if not math.isnan(e["aggregate"]["pc_micro_f1"]["mean"])}
+    if not rows:
+        return []
+    head = ["row", "classes with their own threshold", "micro-F1", "macro-F1", "macro-F1 head", "macro-F1 medium",
+            "macro-F1 tail"]
+    lines = ["", "Per-class thresholds (each class's F1-optimal threshold on the validation split; classes with "
+             "fewer than `min_val_positives` validation positives keep the global one): global -> per-class, "
+             "mean over seeds.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row, a in rows.items():
+        cells = [LABELS[row], f"{a['pc_own']['mean']:.0f} of 90"]
+        for g, pc in (("micro_f1", "pc_micro_f1"), ("macro_f1", "pc_macro_f1"), ("f1_head", "pc_f1_head"),
+                      ("f1_medium", "pc_f1_medium"), ("f1_tail", "pc_f1_tail")):
+            cells.append(f"{100 * a[g]['mean']:.2f} -> {100 * a[pc]['mean']:.2f} "
+                         f"({100 * (a[pc]['mean'] - a[g]['mean']):+.2f})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def _features(summary: dict[str, Any]) -> str:
