@@ -472,8 +472,10 @@ def _run(extractor: FeatureExtractor, data: ImageInputs, out: Path, *, batch_siz
             for i, img, reason in batch:
                 if img is None:
                     if not skip_bad:
+                        hint = ("; for CSV / COCO inputs: is --images the folder their paths are relative to?"
+                                if str(reason).startswith("no such file") else "")
                         raise UsageError(f"cannot read image {data.paths[i]}: {reason} (use --skip-bad to leave "
-                                         f"unreadable images out; {len(rows)} finished images are cached)")
+                                         f"unreadable images out; {len(rows)} finished images are cached{hint})")
                     log.warning("skipping unreadable image %s: %s", data.paths[i], reason)
                     skipped.append({"path": str(data.paths[i]), "reason": str(reason)})
             good = [(i, img) for i, img, _ in batch if img is not None]
