@@ -45,9 +45,9 @@ from dbloss.stats import LabelStats
 from dbloss.thresholds import per_class_thresholds
 from dbloss.tables import results_table
 
-__all__ = ["NonFiniteLossError", "RUN_FILES", "build", "build_optimizer", "evaluate", "evaluate_checkpoint",
-           "get_lr", "lr_step_epochs", "predict", "schedule_warnings", "result_record", "train", "train_one_epoch",
-           "validation_scores"]
+__all__ = ["NonFiniteLossError", "RUN_FILES", "build", "build_network", "build_optimizer", "evaluate",
+           "evaluate_checkpoint", "get_lr", "lr_step_epochs", "model_from_checkpoint", "predict", "schedule_warnings",
+           "result_record", "train", "train_one_epoch", "validation_scores"]
 
 log = logging.getLogger(__name__)
 
@@ -261,12 +261,56 @@ def build(cfg: TrainConfig, device: torch.device, env: DistEnv, *, label_stats: 
             raise UsageError(f"the evaluation data's classes {data.class_names[:5]}... differ from the checkpoint's "
                              f"{stats.class_names[:5]}...")
         weights, frozen = None, 0
-    model = build_model(len(data.class_names), input_type=data.input_type, backbone=cfg.backbone, weights=weights,
-                        frozen_stages=frozen, neck_dim=cfg.neck_dim, dropout=cfg.dropout,
-                        in_features=data.in_features).to(device)
-    if device.type == "cuda" and cfg.channels_last and data.input_type == "image":
-        model = model.to(memory_format=torch.channels_last)
+    model = build_network(cfg, len(data.class_names), device, input_type=data.input_type,
+                          in_features=data.in_features, weights=weights, frozen_stages=frozen)
     return data, stats, model
+
+
+def build_network(cfg: TrainConfig, num_classes: int, device: torch.device, *, input_type: str = "image",
+                  in_features: int | None = None, weights: str | None = None,
+                  frozen_stages: int | None = 0) -> nn.Module:
+    """The model of a recipe on ``device``: the one builder behind :func:`build` (train, evaluate)
+    and :func:`model_from_checkpoint` (predict, export). Defaults: no initial weights, nothing
+    frozen (a model that will receive a checkpoint's weights)."""
+    model = build_model(num_classes, input_type=input_type, backbone=cfg.backbone, weights=weights,  # type: ignore[arg-type]
+                        frozen_stages=frozen_stages, neck_dim=cfg.neck_dim, dropout=cfg.dropout,
+                        in_features=in_features).to(device)
+    if device.type == "cuda" and cfg.channels_last and input_type == "image":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _model_input(state: dict[str, torch.Tensor]) -> tuple[str, int | None]:
+    """``(input_type, in_features)`` of a saved model's state dict: image models have a
+    ``backbone``; a :class:`~dbloss.model.FeatureClassifier`'s first layer takes the features."""
+    if any(k.startswith("backbone.") for k in state):
+        return "image", None
+    first = state.get("neck.fc.weight", state.get("classifier.weight"))
+    if first is None or first.ndim != 2:
+        raise UsageError("the checkpoint's model is neither an image model (no backbone) nor a feature head "
+                         "(no neck.fc / classifier weight)")
+    return "features", int(first.shape[1])
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device | str = "cpu"
+                          ) -> tuple[TrainConfig, LabelStats, nn.Module]:
+    """A trained model rebuilt from a checkpoint's configuration and label statistics (no data is
+    read; :func:`build_network`), its weights loaded, in eval mode on ``device``.
+
+    Args:
+        ckpt: a checkpoint written by :func:`train` (``checkpoint.pt`` / ``best.pt``), as read by
+            :func:`dbloss.files.load_checkpoint`: ``model``, ``config`` and ``label_stats``.
+
+    Returns:
+        ``(cfg, stats, model)``.
+    """
+    cfg = load_config(None, [], base=ckpt["config"])
+    stats = LabelStats.from_dict(ckpt["label_stats"])
+    input_type, in_features = _model_input(ckpt["model"])
+    model = build_network(cfg, len(stats.class_names), torch.device(device), input_type=input_type,
+                          in_features=in_features)
+    model.load_state_dict(ckpt["model"])
+    return cfg, stats, model.eval()
 
 
 def _build_loss(cfg: TrainConfig, stats: LabelStats) -> nn.Module:
