@@ -171,6 +171,12 @@ def test_torchvision_and_clip_backbones(tmp_path):
     assert clip.meta["preprocess"] == "open_clip" and clip.meta["mean"][0] == pytest.approx(0.4815, abs=1e-4)
     res = extract_features(clip, paths, tmp_path / "clip.npz", progress=False)
     assert (res.num_rows, res.dim) == (2, 1024)
+    torch.save({k: v + 1 for k, v in clip.model.state_dict().items()}, tmp_path / "tower.pt")  # an image tower's file
+    loaded = build_extractor("clip:RN50", weights=str(tmp_path / "tower.pt"), image_size=64)
+    assert torch.equal(loaded.model.conv1.weight, clip.model.conv1.weight + 1)
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"other\.pt: weights do not match backbone 'clip:RN50'"):
+        build_extractor("clip:RN50", weights=str(tmp_path / "other.pt"), image_size=64)
 
 
 def test_missing_open_clip_names_the_extra(monkeypatch):

@@ -152,8 +152,8 @@ def _clip_extractor(spec: str, weights: str | None, image_size: int | None) -> F
 
     arch, tag = parse_clip_name(spec)
     pp = backbone_preprocessing(spec)  # checks the architecture name
-    local = Path(str(weights)) if is_pretrained(weights) and Path(str(weights)).suffix in (".pt", ".pth", ".bin") \
-        else None
+    local = Path(str(weights)) if is_pretrained(weights) and (
+        Path(str(weights)).suffix in (".pt", ".pth", ".bin", ".safetensors") or Path(str(weights)).is_file()) else None
     if tag is None and local is None and is_pretrained(weights):
         if weights not in ("DEFAULT", "default"):
             tag = str(weights)
@@ -172,14 +172,24 @@ def _clip_extractor(spec: str, weights: str | None, image_size: int | None) -> F
     except RuntimeError as e:
         raise UsageError(f"backbone {spec!r}: open_clip could not build it with pretrained={tag!r} ({e}); "
                          f"tags for {arch}: {open_clip.list_pretrained_tags_by_model(arch)}") from None
-    if local is not None:
-        state = load_checkpoint(local, kind="weights")
+    if local is not None:  # a state dict of the whole CLIP model or of its image tower
+        if local.suffix == ".safetensors" and local.is_file():
+            from safetensors.torch import load_file
+
+            state = load_file(str(local))
+        else:
+            state = load_checkpoint(local, kind="weights")
         state = state.get("state_dict", state) if isinstance(state, dict) else state
+        if not isinstance(state, dict):
+            raise ValueError(f"{local}: expected a state dict (a mapping of tensor names), got {type(state).__name__}")
         target = model if any(str(k).startswith("visual.") for k in state) else model.visual
-        missing, unexpected = target.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{local}: weights do not match backbone {spec!r}; missing {list(missing)[:5]}, "
-                             f"unexpected {list(unexpected)[:5]}")
+        own = target.state_dict()
+        wrong = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if wrong or missing or unexpected:
+            raise ValueError(f"{local}: weights do not match backbone {spec!r}; wrong shape for {wrong[:5]}, "
+                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        target.load_state_dict(state)
     visual = model.visual  # encode_image(x) is visual(x); the text tower is not needed
     size = image_size or pp.size
     meta = {"backbone": spec, "weights": _file_identity(local) if local else tag, "image_size": int(size),
