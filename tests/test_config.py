@@ -31,7 +31,7 @@ ROW_KEYS = {"voc_mlt": {"name", "loss", "sampler", "loss_args"},
             "coco_mlt": {"name", "loss", "sampler", "loss_args"},
             "demo": {"name", "loss", "sampler", "lr"},  # lr: the DB family's, chosen on validation
             "demo_scratch": {"name", "loss", "sampler"},
-            "demo_features": {"name", "loss", "sampler", "lr"},  # heads on frozen features; lr as demo's
+            "demo_features": {"name", "loss", "sampler", "lr"},  # heads on frozen features; lr: chosen on validation
             "reuters": {"name", "loss", "loss_args"}}  # one sampler for every row: Huang et al.'s, in the base
 
 
