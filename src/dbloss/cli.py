@@ -1,5 +1,5 @@
-"""The ``dbloss`` command: ``train``, ``evaluate``, ``demo``, ``reproduce``, ``pretrain``, ``report``, ``analyze``, ``data``,
-``recipes``, ``kernel``.
+"""The ``dbloss`` command: ``train``, ``evaluate``, ``predict``, ``export``, ``demo``, ``reproduce``, ``pretrain``,
+``report``, ``analyze``, ``data``, ``recipes``, ``kernel``.
 
 Each sub-command is a small function taking the parsed arguments; the work lives in the
 library modules. ``python -m dbloss`` is the same command (what ``torchrun -m dbloss`` runs).
@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from dbloss.cli_predict import add_export_command, add_predict_command
 from dbloss.errors import NonFiniteLossError, UsageError
 
 __all__ = ["main", "get_args_parser"]
@@ -223,6 +224,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="where metrics.json / metrics.md go")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=_cmd_evaluate)
+    add_predict_command(sub)
+    add_export_command(sub)
 
     d = sub.add_parser("demo", help="the main job: built-in data, pretrained backbone fine-tuned with ERM / RS / "
                        "DB-Focal over 3 seeds, table and figures")
