@@ -68,7 +68,7 @@ def feature_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     run = root / "run"
     train(load_config(None, _overrides(dataset="features", train_ann=str(train_f), test_ann=str(test_f), neck_dim=0,
                                        epochs=2, batch_size=32, lr=0.05, lr_steps=[0.6], val_size=150,
-                                       out_dir=str(run), loss="db-focal")), progress=False)
+                                       out_dir=str(run), loss="db-focal", keep_best=True)), progress=False)
     return {"root": root, "run": run, "test": test_f}
 
 
@@ -236,6 +236,7 @@ def test_cli_refuses_checkpoints_of_another_kind(demo, tmp_path, capsys):
 def test_feature_model_predicts_npz_and_checks_dimensions(feature_run, demo, tmp_path, capsys):
     run, test_f = feature_run["run"], feature_run["test"]
     predictor = Predictor.from_checkpoint(run, device="cpu")
+    assert predictor.checkpoint == run / "best.pt"  # keep_best: the epoch the run was tested with
     assert predictor.input_type == "features" and predictor.in_features == 16 and not predictor.accepts_images
     feats = np.load(test_f)["features"]
     tested = np.load(run / "predictions.npz")["scores"]

@@ -203,6 +203,8 @@ class Predictor:
                 raise UsageError("an image model takes images itself: a backbone is only for feature models")
             self.transform = eval_transform(config.image_size)  # exactly the run's evaluation preprocessing
             self.image_size: int | None = int(config.image_size)
+            if self.device.type == "cuda" and config.channels_last:  # as the run evaluated on CUDA
+                self.model = self.model.to(memory_format=torch.channels_last)
         elif self.extractor is not None:
             dim = int(getattr(self.extractor, "dim"))
             if dim != self.in_features:
