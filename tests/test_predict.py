@@ -177,6 +177,11 @@ def test_cli_predict_csv_and_coco_inputs(demo, tmp_path):
     assert main(["predict", str(demo["run"]), str(paths_csv), "--out", str(out), "--id-column", "name",
                  "--no-progress"]) == 0
     assert [(r["id"], r["path"]) for r in _read_csv(out)] == [(f"img{i}", p) for i, p in enumerate(images)]
+    labelled = tmp_path / "labelled.csv"  # the training layout (0/1 columns, a row without labels): read as training does
+    labelled.write_text("image,disk,star\n" + "".join(f"{Path(p).name},{i % 2},0\n" for i, p in enumerate(images)))
+    assert main(["predict", str(demo["run"]), str(labelled), "--images", str(Path(images[0]).parent), "--out",
+                 str(out), "--no-progress"]) == 0
+    assert [r["path"] for r in _read_csv(out)] == images
     assert main(["predict", str(demo["run"]), str(demo["test_json"]), "--images", str(demo["images"]),
                  "--out", str(out), "--format", "csv", "--threshold", "0.5", "--no-progress"]) == 0
     table = read_coco(demo["test_json"], demo["images"])
