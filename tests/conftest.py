@@ -59,3 +59,13 @@ def db_backend(request: pytest.FixtureRequest) -> str:
 def kernel() -> None:
     """The fused DB kernel, built (or the test skipped; failed under $DBLOSS_REQUIRE_KERNEL)."""
     require_kernel()
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built-in demo data (``dbloss.data.synthetic``), generated once per test session (~6 s)."""
+    from dbloss.data.synthetic import generate_demo_dataset
+
+    root = tmp_path_factory.getbasetemp() / "dbloss_demo_data"
+    generate_demo_dataset(root, seed=0)
+    return root

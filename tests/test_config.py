@@ -14,7 +14,8 @@ from dbloss.engine import get_lr, lr_step_epochs, schedule_warnings
 def test_shipped_recipes_all_load():
     names = list_recipes()
     for ds in ("voc_mlt", "coco_mlt"):
-        for row in ("erm", "rw", "focal", "rs", "cb_focal", "ldam", "r_bce_focal", "ntr_focal", "db_focal", "asl"):
+        for row in ("erm", "rw", "focal", "rs", "cb_focal", "ldam", "r_bce_focal", "ntr_focal", "db_focal", "asl",
+                    "ml_gcn", "crt"):
             assert f"{ds}/{row}" in names
     for name in names:
         cfg = load_config(name)
@@ -25,7 +26,9 @@ def test_shipped_recipes_all_load():
 PAPER_ROWS = {"erm": ("bce", "random"), "rw": ("rw", "random"), "focal": ("focal", "random"),
               "rs": ("bce", "class-aware"), "cb_focal": ("cb-focal", "random"), "ldam": ("ldam", "random"),
               "r_bce_focal": ("r-focal", "class-aware"), "ntr_focal": ("ntr-focal", "class-aware"),
-              "db_focal": ("db-focal", "class-aware"), "asl": ("asl", "random")}
+              "db_focal": ("db-focal", "class-aware"), "asl": ("asl", "random"),
+              "ml_gcn": ("bce", "random"),  # ML-GCN (Chen et al.): the GCN head under BCE, uniform sampling
+              "crt": ("bce", "random")}  # cRT (Kang et al.): stage 1's loss and sampler (stage 2: class-aware)
 #: What a row of each benchmark may set over its folder's ``_base.yaml`` (besides ``base`` itself).
 ROW_KEYS = {"voc_mlt": {"name", "loss", "sampler", "loss_args"},
             "coco_mlt": {"name", "loss", "sampler", "loss_args"},
@@ -33,6 +36,10 @@ ROW_KEYS = {"voc_mlt": {"name", "loss", "sampler", "loss_args"},
             "demo_scratch": {"name", "loss", "sampler"},
             "demo_features": {"name", "loss", "sampler", "lr"},  # heads on frozen features; lr: chosen on validation
             "reuters": {"name", "loss", "loss_args"}}  # one sampler for every row: Huang et al.'s, in the base
+#: What a method's row may set besides its folder's keys: the method's own switches, nothing else.
+METHOD_KEYS = {"ml_gcn": {"head"}, "crt": {"decoupling", "stage2_epochs"}}
+#: The method rows' values of those keys (every benchmark's the same).
+METHOD_VALUES = {"ml_gcn": {"head": "ml-gcn"}, "crt": {"decoupling": "crt", "stage2_epochs": 4}}
 
 
 def test_shipped_recipes_say_only_what_differs_from_their_base():
@@ -43,9 +50,11 @@ def test_shipped_recipes_say_only_what_differs_from_their_base():
         folder, row = name.split("/")
         own = yaml.safe_load((recipe_dir() / f"{name}.yaml").read_text())
         assert own.pop("base") == "_base.yaml", name
-        assert set(own) <= ROW_KEYS[folder], (name, set(own) - ROW_KEYS[folder])
+        allowed = ROW_KEYS[folder] | METHOD_KEYS.get(row, set())
+        assert set(own) <= allowed, (name, set(own) - allowed)
         cfg, base = load_config(name).to_dict(), load_config(f"{folder}/_base").to_dict()
-        assert {k for k in cfg if cfg[k] != base[k]} <= ROW_KEYS[folder], name
+        assert {k for k in cfg if cfg[k] != base[k]} <= allowed, name
+        assert {k: cfg[k] for k in METHOD_VALUES.get(row, {})} == METHOD_VALUES.get(row, {}), name
         assert cfg["name"] == row
         if folder != "reuters":
             assert (cfg["loss"], cfg["sampler"]) == PAPER_ROWS[row], name

@@ -71,6 +71,13 @@ class TrainConfig:
     frozen_stages: int | None = None  # None: 1 (the paper's) with pretrained weights, 0 from scratch
     neck_dim: int = 256
     dropout: float = 0.5
+    # classifier: "linear", or "ml-gcn" (Chen et al. 2019, dbloss.mlgcn: classifiers produced by a 2-layer GCN
+    # over the training labels' co-occurrence graph from label embeddings)
+    head: Literal["linear", "ml-gcn"] = "linear"
+    label_embeddings: str | None = None  # ml-gcn: a .npy file (C x E, class order), e.g. GloVe; null: one-hot
+    gcn_tau: float = 0.4  # ml-gcn: P(j | i) >= gcn_tau is an edge (the paper's 0.4)
+    gcn_p: float = 0.2  # ml-gcn: the neighbours' share of each row (the paper's 0.2)
+    gcn_hidden: int = 1024  # ml-gcn: width of the first graph convolution (the paper's 1024)
     # loss and sampling
     loss: str = "db-focal"
     loss_args: dict[str, Any] = field(default_factory=dict)
@@ -79,6 +86,13 @@ class TrainConfig:
     sampler_reduce: int = 4
     head_min: int = DEFAULT_HEAD_MIN
     tail_max: int = DEFAULT_TAIL_MAX
+    # decoupling (Kang et al. 2020, dbloss.decoupling): after the `epochs` of stage 1, freeze all but the
+    # classifier and re-train it (crt: re-initialised; lws: per-class scales) or tau-normalise it (tau-norm)
+    decoupling: Literal["none", "crt", "lws", "tau-norm"] = "none"
+    stage2_epochs: int = 0  # crt / lws: epochs of stage 2 (tau-norm trains nothing: 0)
+    stage2_sampler: Literal["random", "class-aware"] = "class-aware"
+    stage2_lr: float | None = None  # null: `lr`
+    tau_norm: float = 1.0  # tau-norm: w_k / ||w_k||^tau_norm
     # optimisation
     optimizer: Literal["sgd", "adamw"] = "sgd"  # sgd: the paper's; adamw (decoupled weight decay; momentum unused)
     epochs: int = 8
@@ -153,9 +167,37 @@ class TrainConfig:
         if self.patience and not self.keep_best:
             raise ValueError(f"Expected `keep_best=true` with `patience` (early stopping watches the validation "
                              f"split), but got patience={self.patience} and keep_best=false")
+        self._validate_methods()
         if self.frozen_stages is not None and self.frozen_stages < 0:
             raise ValueError(f"Expected `frozen_stages` >= 0 or null, but got {self.frozen_stages!r}")
         return self
+
+    def _validate_methods(self) -> None:
+        """The ML-GCN head and the decoupling stage (their fields are read only when enabled)."""
+        for name, valid in (("head", ("linear", "ml-gcn")), ("decoupling", ("none", "crt", "lws", "tau-norm")),
+                            ("stage2_sampler", ("random", "class-aware"))):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"Expected `{name}` to be one of {valid}, but got {getattr(self, name)!r}")
+        if not 0.0 <= self.gcn_tau <= 1.0:
+            raise ValueError(f"Expected 0 <= `gcn_tau` <= 1, but got {self.gcn_tau!r}")
+        if not 0.0 <= self.gcn_p < 1.0:
+            raise ValueError(f"Expected 0 <= `gcn_p` < 1, but got {self.gcn_p!r}")
+        if self.gcn_hidden < 1:
+            raise ValueError(f"Expected `gcn_hidden` >= 1, but got {self.gcn_hidden!r}")
+        if self.stage2_lr is not None and self.stage2_lr < 0:
+            raise ValueError(f"Expected `stage2_lr` >= 0 or null, but got {self.stage2_lr!r}")
+        if self.decoupling in ("crt", "lws") and self.stage2_epochs < 1:
+            raise ValueError(f"Expected `stage2_epochs` >= 1 with decoupling={self.decoupling!r} (its stage 2 "
+                             f"trains the classifier), but got {self.stage2_epochs!r}")
+        if self.decoupling in ("none", "tau-norm") and self.stage2_epochs != 0:
+            raise ValueError(f"Expected `stage2_epochs` = 0 with decoupling={self.decoupling!r} (no stage 2 "
+                             f"training), but got {self.stage2_epochs!r}")
+        if self.decoupling in ("lws", "tau-norm") and self.head != "linear":
+            raise ValueError(f"Expected head='linear' with decoupling={self.decoupling!r} (it rescales a linear "
+                             f"classifier's rows), but got head={self.head!r}; decoupling=crt works with any head")
+        if self.decoupling != "none" and self.keep_best:
+            raise ValueError(f"Expected keep_best=false with decoupling={self.decoupling!r} (the best epoch is "
+                             f"chosen within one stage; not supported across two), but got keep_best=true")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

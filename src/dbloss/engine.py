@@ -4,6 +4,9 @@
   :func:`build`, trains epoch after epoch with :func:`train_one_epoch` (the paper's schedule:
   SGD, or AdamW as an option; linear warm-up, step decay, gradient clipping), writes an atomic
   checkpoint every epoch and tests at the end: ``metrics.json``, ``metrics.md``, ``predictions.npz``.
+  A recipe with ``decoupling`` (:mod:`dbloss.decoupling`) has a second stage that trains only the
+  classifier: the same loop over :func:`train_one_epoch` with the stage's configuration, in the
+  same run folder; checkpoints name their stage, so ``--resume`` continues in it.
 * :func:`evaluate` (``-> (scores, targets)``) predicts a dataset; :func:`evaluate_checkpoint`
   tests a saved checkpoint with the same :func:`build`.
 * Pure helpers: :func:`get_lr`, :func:`lr_step_epochs`, :func:`schedule_warnings`, :func:`result_record`.
@@ -34,9 +37,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 from dbloss.config import TrainConfig, load_config, save_config
 from dbloss.distributed import DistEnv, barrier, gather_predictions, init_distributed
 from dbloss.errors import NonFiniteLossError, UsageError
+from dbloss.decoupling import ScaledLinear, enter_stage2, trainable_parameters, training_stages
 from dbloss.files import jsonable, load_checkpoint, save_checkpoint, write_json, write_text
 from dbloss.losses import build_loss
 from dbloss.metrics import f1_scores, mean_average_precision, nanmean, summarize
+from dbloss.mlgcn import gcn_head
 from dbloss.model import build_model, is_pretrained, resolve_frozen_stages
 from dbloss.pipeline import DataBundle, build_data, prepare_data
 from dbloss.pretrain import BUILTIN_WEIGHTS, resolve_weights
@@ -262,22 +267,38 @@ def build(cfg: TrainConfig, device: torch.device, env: DistEnv, *, label_stats: 
                              f"{stats.class_names[:5]}...")
         weights, frozen = None, 0
     model = build_network(cfg, len(data.class_names), device, input_type=data.input_type,
-                          in_features=data.in_features, weights=weights, frozen_stages=frozen)
+                          in_features=data.in_features, weights=weights, frozen_stages=frozen, stats=stats)
     return data, stats, model
 
 
 def build_network(cfg: TrainConfig, num_classes: int, device: torch.device, *, input_type: str = "image",
                   in_features: int | None = None, weights: str | None = None,
-                  frozen_stages: int | None = 0) -> nn.Module:
+                  frozen_stages: int | None = 0, stats: LabelStats | None = None) -> nn.Module:
     """The model of a recipe on ``device``: the one builder behind :func:`build` (train, evaluate)
     and :func:`model_from_checkpoint` (predict, export). Defaults: no initial weights, nothing
-    frozen (a model that will receive a checkpoint's weights)."""
+    frozen (a model that will receive a checkpoint's weights). ``stats``: the training labels'
+    statistics, which ``head: ml-gcn`` builds its label graph from."""
     model = build_model(num_classes, input_type=input_type, backbone=cfg.backbone, weights=weights,  # type: ignore[arg-type]
                         frozen_stages=frozen_stages, neck_dim=cfg.neck_dim, dropout=cfg.dropout,
-                        in_features=in_features).to(device)
+                        in_features=in_features)
+    _set_classifier(model, cfg, stats)
+    model = model.to(device)
     if device.type == "cuda" and cfg.channels_last and input_type == "image":
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def _set_classifier(model: nn.Module, cfg: TrainConfig, stats: LabelStats | None) -> None:
+    """The recipe's classifier in place of the linear one: ML-GCN's (:mod:`dbloss.mlgcn`), or
+    LWS's linear layer with per-class scales (:class:`dbloss.decoupling.ScaledLinear`)."""
+    linear = model.classifier
+    if cfg.head == "ml-gcn":
+        if stats is None:
+            raise UsageError("head=ml-gcn builds its graph from the training labels' statistics; none were given")
+        model.classifier = gcn_head(linear.in_features, stats.conditional_prob, embeddings=cfg.label_embeddings,
+                                    tau=cfg.gcn_tau, p=cfg.gcn_p, hidden=cfg.gcn_hidden)
+    elif cfg.decoupling == "lws":
+        model.classifier = ScaledLinear(linear.in_features, linear.out_features)
 
 
 def _model_input(state: dict[str, torch.Tensor]) -> tuple[str, int | None]:
@@ -285,7 +306,7 @@ def _model_input(state: dict[str, torch.Tensor]) -> tuple[str, int | None]:
     ``backbone``; a :class:`~dbloss.model.FeatureClassifier`'s first layer takes the features."""
     if any(k.startswith("backbone.") for k in state):
         return "image", None
-    first = state.get("neck.fc.weight", state.get("classifier.weight"))
+    first = state.get("neck.fc.weight", state.get("classifier.weight", state.get("classifier.gc2")))
     if first is None or first.ndim != 2:
         raise UsageError("the checkpoint's model is neither an image model (no backbone) nor a feature head "
                          "(no neck.fc / classifier weight)")
@@ -308,7 +329,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device | str = "cp
     stats = LabelStats.from_dict(ckpt["label_stats"])
     input_type, in_features = _model_input(ckpt["model"])
     model = build_network(cfg, len(stats.class_names), torch.device(device), input_type=input_type,
-                          in_features=in_features)
+                          in_features=in_features, stats=stats)
     model.load_state_dict(ckpt["model"])
     return cfg, stats, model.eval()
 
@@ -487,6 +508,7 @@ class _TrainState:
     epoch: int = 0
     iteration: int = 0
     best: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "micro_f1": -1.0})
+    stage: int = 1  # the stage the model is in (2: decoupling's classifier stage, dbloss.decoupling)
 
 
 def _raise_if_non_finite(first_bad: torch.Tensor, epoch: int, checkpoint: Path) -> None:
@@ -609,7 +631,7 @@ def _restore(ckpt: dict[str, Any], model: nn.Module, optimizer: torch.optim.Opti
     torch.set_rng_state(ckpt["rng"]["torch"].cpu())  # RNG states are CPU byte tensors, wherever they were mapped
     if device.type == "cuda" and "cuda" in ckpt["rng"]:
         torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), device)
-    state = _TrainState(ckpt["epoch"], ckpt["iteration"])
+    state = _TrainState(ckpt["epoch"], ckpt["iteration"], stage=ckpt.get("stage", 1))
     state.best = ckpt.get("best", state.best)
     return state
 
@@ -620,7 +642,7 @@ def _training_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, sca
     """What ``checkpoint.pt`` holds: tensors and plain types only (read back with ``weights_only=True``)."""
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
             "epoch": state.epoch, "iteration": state.iteration, "rng": _rng_state(device), "config": cfg.to_dict(),
-            "label_stats": stats.to_dict(), "best": state.best}
+            "label_stats": stats.to_dict(), "best": state.best, "stage": state.stage}
 
 
 def _start_run_dir(out: Path, cfg: TrainConfig, fresh: bool) -> None:
@@ -739,33 +761,58 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, overwrite: bool = Fal
         if data.input_type == "image":
             _log_model(model, cfg)
     loss_fn = _build_loss(cfg, stats).to(device)
-    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    stages = training_stages(cfg)  # one stage, or decoupling's two (dbloss.decoupling)
+    optimizer = build_optimizer(trainable_parameters(model), cfg)
+    if ckpt is not None and ckpt.get("stage", 1) == 2:  # a stage-2 checkpoint: the model and optimiser of stage 2
+        optimizer = _enter_stage2(model, stages[1].cfg, optimizer, fresh=False)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     state = _TrainState() if ckpt is None else _restore(ckpt, model, optimizer, scaler, device)
-    net = _wrap(model, cfg, env, device)
-    sampler, loader_gen, loader = _train_loader(cfg, data, env, device)
     runlog = _RunLog(out, env, cfg.tensorboard)
-    for epoch in range(state.epoch, cfg.epochs):
-        if cfg.patience and state.best["epoch"] and epoch - state.best["epoch"] >= cfg.patience:
-            break  # resumed after an early stop
-        sampler.set_epoch(epoch)
-        loader_gen.manual_seed(cfg.seed + epoch)  # worker seeds for this epoch
-        state.iteration, summary = train_one_epoch(net, loss_fn, optimizer, scaler, loader, cfg, device, env, epoch,
-                                                   state.iteration, runlog, checkpoint=ckpt_path,
-                                                   show=progress and env.is_main)
-        state.epoch = epoch + 1
-        runlog.write(**summary)
-        if env.is_main:
-            log.info("epoch %d/%d: loss %.4f (%d iterations, %.1f s)", state.epoch, cfg.epochs, summary["loss"],
-                     summary["iterations"], summary["seconds"])
-        if cfg.keep_best:
-            _validate_epoch(model, data, stats, cfg, device, env, state, runlog, best_path)
-        if env.is_main:
-            save_checkpoint(ckpt_path, _training_checkpoint(model, optimizer, scaler, state, cfg, stats, device))
-        barrier(env)
-        if _stops_early(cfg, state, runlog, env):
-            break
+    for stage in stages[state.stage - 1:]:
+        if stage.number > state.stage:  # the stage boundary: freeze, re-initialise / rescale the classifier
+            optimizer = _enter_stage2(model, stage.cfg, optimizer, fresh=True)
+            state.stage = stage.number
+            runlog.write(type="stage", stage=stage.number, decoupling=cfg.decoupling, epoch=state.epoch)
+            if env.is_main:
+                log.info("stage 2 (%s): %d of %d parameters trained", cfg.decoupling,
+                         sum(p.numel() for p in trainable_parameters(model)), sum(p.numel() for p in model.parameters()))
+                save_checkpoint(ckpt_path, _training_checkpoint(model, optimizer, scaler, state, cfg, stats, device))
+            barrier(env)
+        if state.epoch >= stage.end_epoch:
+            continue
+        scfg = stage.cfg
+        net = _wrap(model, scfg, env, device)
+        sampler, loader_gen, loader = _train_loader(scfg, data, env, device)
+        for epoch in range(state.epoch - stage.first_epoch, scfg.epochs):  # epochs counted within the stage
+            if cfg.patience and state.best["epoch"] and epoch - state.best["epoch"] >= cfg.patience:
+                break  # resumed after an early stop
+            sampler.set_epoch(stage.first_epoch + epoch)
+            loader_gen.manual_seed(cfg.seed + stage.first_epoch + epoch)  # worker seeds for this epoch
+            state.iteration, summary = train_one_epoch(net, loss_fn, optimizer, scaler, loader, scfg, device, env,
+                                                       epoch, state.iteration, runlog, checkpoint=ckpt_path,
+                                                       show=progress and env.is_main)
+            state.epoch = stage.first_epoch + epoch + 1
+            runlog.write(**summary, **({"stage": stage.number} if len(stages) > 1 else {}))
+            if env.is_main:
+                log.info("%sepoch %d/%d: loss %.4f (%d iterations, %.1f s)", f"stage {stage.number} " if len(stages) > 1
+                         else "", epoch + 1, scfg.epochs, summary["loss"], summary["iterations"], summary["seconds"])
+            if cfg.keep_best:
+                _validate_epoch(model, data, stats, cfg, device, env, state, runlog, best_path)
+            if env.is_main:
+                save_checkpoint(ckpt_path, _training_checkpoint(model, optimizer, scaler, state, cfg, stats, device))
+            barrier(env)
+            if _stops_early(cfg, state, runlog, env):
+                break
     return _finish(model, data, stats, cfg, device, env, state, runlog)
+
+
+def _enter_stage2(model: nn.Module, stage_cfg: TrainConfig, optimizer: torch.optim.Optimizer, *,
+                  fresh: bool) -> torch.optim.Optimizer:
+    """The model in decoupling's stage 2 (:func:`dbloss.decoupling.enter_stage2`) and the stage's
+    optimiser over the classifier (tau-norm trains nothing: the stage-1 optimiser is kept, unused)."""
+    enter_stage2(model, stage_cfg, fresh=fresh)
+    params = trainable_parameters(model)
+    return build_optimizer(params, stage_cfg) if params else optimizer
 
 
 def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, overrides: list[str] | None = None,

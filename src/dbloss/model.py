@@ -172,6 +172,15 @@ def build_backbone(
     raise ValueError(f"Backbone {name!r} has no `features` or ResNet stages to extract features from")
 
 
+def _keep_representation_frozen(model: nn.Module) -> None:
+    """With ``model.frozen_representation`` (set by :func:`dbloss.decoupling.freeze_representation`
+    for a classifier-only stage), everything but ``model.classifier`` stays in eval mode."""
+    if getattr(model, "frozen_representation", False):
+        for name, child in model.named_children():
+            if name != "classifier":
+                child.eval()
+
+
 class MultiLabelClassifier(nn.Module):
     """Backbone -> global average pool -> neck -> linear: (B, 3, H, W) images to (B, C) logits."""
 
@@ -192,6 +201,7 @@ class MultiLabelClassifier(nn.Module):
                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(
                         p.requires_grad for p in m.parameters()):
                     m.eval()
+            _keep_representation_frozen(self)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -212,6 +222,13 @@ class FeatureClassifier(nn.Module):
         super().__init__()
         self.neck = Neck(in_features, hidden, dropout) if hidden > 0 else nn.Identity()
         self.classifier = nn.Linear(hidden if hidden > 0 else in_features, num_classes)
+
+    def train(self, mode: bool = True) -> "FeatureClassifier":
+        """Like ``nn.Module.train``; a frozen representation (decoupling's stage 2) stays in eval mode."""
+        super().train(mode)
+        if mode:
+            _keep_representation_frozen(self)
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.neck(x))

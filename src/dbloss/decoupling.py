@@ -1,0 +1,159 @@
+"""Decoupling representation and classifier (Kang et al., "Decoupling Representation and Classifier
+for Long-Tailed Recognition", ICLR 2020): cRT, tau-normalisation and LWS.
+
+Stage 1 learns the representation (backbone, neck and classifier) with the recipe's sampler
+(uniform, ``sampler: random``, in Kang et al.). Stage 2 freezes everything but the classifier
+and adjusts it, one of (``decoupling`` in the recipe):
+
+* ``crt`` (classifier re-training): the classifier is re-initialised and re-trained for
+  ``stage2_epochs`` with ``stage2_sampler`` (class-aware by default) at ``stage2_lr``;
+* ``tau-norm``: no training; each class's weight row is rescaled, ``w_k / ||w_k||^tau``
+  (:func:`tau_normalize`, ``tau_norm`` in the recipe; the bias is left as trained);
+* ``lws`` (learnable weight scaling): only a per-class scale ``f_k`` of the logits is learned,
+  ``f_k (w_k·x + b_k)`` (:class:`ScaledLinear`, scales 1 in stage 1), with the stage-2 sampler.
+
+The engine runs the stages one after the other with the same ``train_one_epoch``
+(:func:`training_stages` gives each stage's configuration); stage 2 writes into the same run
+folder and its checkpoints say which stage their model is in, so a run killed in stage 2 resumes
+in stage 2. In stage 2 the frozen part runs in eval mode (batch-norm statistics and dropout as at
+test time): every tensor of the model but the classifier's stays bit-identical.
+
+Deviations: Kang et al. train single-label softmax classifiers with a cosine schedule (cRT: 10
+epochs); here the classifier is the multi-label one of this project under the recipe's loss, and
+stage 2 repeats stage 1's step schedule over its own ``stage2_epochs`` (no warm-up). LWS and
+tau-norm need a linear classifier (``head: linear``); cRT works with any head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dbloss.config import TrainConfig
+
+__all__ = ["ScaledLinear", "Stage", "enter_stage2", "freeze_representation", "tau_normalize", "training_stages",
+           "trainable_parameters"]
+
+
+def tau_normalize(weight: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """Kang et al.'s tau-normalised classifier: each row ``w_k / ||w_k||^tau``.
+
+    Args:
+        weight: (C, D) classifier weights (row k: class k).
+        tau: 0 leaves the weights unchanged; 1 gives unit-norm rows. Default 1.
+
+    Returns:
+        (C, D) tensor of ``weight``'s dtype and device (a zero row stays zero).
+
+    >>> tau_normalize(torch.tensor([[3.0, 4.0], [0.0, 2.0]]), tau=1.0).tolist()
+    [[0.6000000238418579, 0.800000011920929], [0.0, 1.0]]
+    """
+    if weight.ndim != 2:
+        raise ValueError(f"Expected `weight` of shape (C, D), but got {tuple(weight.shape)}")
+    norm = weight.norm(dim=1, keepdim=True)
+    return weight / torch.where(norm > 0, norm, torch.ones_like(norm)).pow(tau)
+
+
+class ScaledLinear(nn.Linear):
+    """A linear classifier with LWS's per-class scales: (B, D) -> (B, C) logits ``f ⊙ (x Wᵀ + b)``.
+
+    ``scales`` (C,) starts at 1 and is frozen in stage 1 (the layer is then ``nn.Linear``);
+    stage 2 of ``decoupling: lws`` trains only it. Its state dict is ``nn.Linear``'s plus ``scales``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        self.scales = nn.Parameter(torch.ones(out_features), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * self.scales.to(x.dtype)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a run: its number (1, 2), its configuration and the run's epochs before it."""
+
+    number: int
+    cfg: TrainConfig
+    first_epoch: int
+
+    @property
+    def end_epoch(self) -> int:
+        """The run's epoch count when this stage is done."""
+        return self.first_epoch + self.cfg.epochs
+
+
+def training_stages(cfg: TrainConfig) -> list[Stage]:
+    """The stages of a recipe: stage 1 as written; with ``decoupling`` a stage 2 whose
+    configuration is the recipe's with ``epochs=stage2_epochs``, ``sampler=stage2_sampler``,
+    ``lr=stage2_lr`` (the recipe's ``lr`` when null) and no warm-up.
+
+    ``epochs`` of a tau-norm stage 2 is 0: it trains nothing.
+
+    >>> [(s.number, s.cfg.epochs, s.cfg.sampler) for s in training_stages(TrainConfig(decoupling="crt",
+    ...     stage2_epochs=2, sampler="random"))]
+    [(1, 8, 'random'), (2, 2, 'class-aware')]
+    """
+    stages = [Stage(1, cfg, 0)]
+    if cfg.decoupling != "none":
+        # the stage's own config (epochs may be 0 for tau-norm: built without validate)
+        second = dataclasses.replace(cfg, epochs=cfg.stage2_epochs, sampler=cfg.stage2_sampler,
+                                     lr=cfg.lr if cfg.stage2_lr is None else cfg.stage2_lr, warmup_iters=0)
+        stages.append(Stage(2, second, cfg.epochs))
+    return stages
+
+
+def freeze_representation(model: nn.Module) -> None:
+    """Freeze every parameter of ``model`` and keep everything but its ``classifier`` in eval
+    mode under ``model.train()`` (the model's ``frozen_representation`` flag)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.frozen_representation = True  # read by MultiLabelClassifier / FeatureClassifier.train
+    model.train(model.training)
+
+
+def _reset(module: nn.Module) -> None:
+    for m in module.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    if isinstance(module, ScaledLinear):
+        module.scales.data.fill_(1.0)
+
+
+def enter_stage2(model: nn.Module, cfg: TrainConfig, *, fresh: bool = True) -> None:
+    """Turn a stage-1 model into ``cfg.decoupling``'s stage 2, in place.
+
+    The representation is frozen (:func:`freeze_representation`) and the classifier's stage-2
+    parameters are made trainable. ``fresh`` (the stage boundary of a run): also re-initialise
+    the classifier (cRT) or tau-normalise its weights (tau-norm); False when the model will
+    receive the weights of a stage-2 checkpoint (resume).
+    """
+    head = model.classifier
+    if cfg.decoupling in ("lws", "tau-norm") and not isinstance(head, nn.Linear):
+        raise ValueError(f"decoupling={cfg.decoupling!r} rescales a linear classifier's rows, but the model's "
+                         f"classifier is {type(head).__name__} (head={cfg.head!r}); use decoupling=crt")
+    if cfg.decoupling == "lws" and not isinstance(head, ScaledLinear):
+        raise ValueError("decoupling='lws' needs the model built with its ScaledLinear classifier (build_network)")
+    freeze_representation(model)
+    if cfg.decoupling == "crt":
+        if fresh:
+            _reset(head)
+        for p in head.parameters():
+            p.requires_grad_(not isinstance(head, ScaledLinear) or p is not head.scales)
+    elif cfg.decoupling == "lws":
+        head.scales.requires_grad_(True)
+    elif cfg.decoupling == "tau-norm":
+        if fresh:
+            with torch.no_grad():
+                head.weight.copy_(tau_normalize(head.weight, cfg.tau_norm))
+    else:
+        raise ValueError(f"Expected `decoupling` to be one of ('crt', 'lws', 'tau-norm') for a stage 2, but got "
+                         f"{cfg.decoupling!r}")
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters the optimiser of the current stage updates."""
+    return [p for p in model.parameters() if p.requires_grad]

@@ -1,0 +1,179 @@
+"""Tests of dbloss.decoupling (Kang et al. 2020: cRT, tau-norm, LWS) and the engine's two stages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import dbloss.engine as engine
+from dbloss.config import load_config
+from dbloss.decoupling import ScaledLinear, enter_stage2, tau_normalize, trainable_parameters, training_stages
+from dbloss.engine import build_network, evaluate_checkpoint, model_from_checkpoint, train
+from dbloss.files import load_checkpoint
+from dbloss.stats import LabelStats
+
+
+
+def make_features(path: Path, n: int, seed: int, num_classes: int = 8, dim: int = 32) -> None:
+    """Long-tailed multi-label features a linear head can learn (as test_engine's)."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random((n, num_classes)) < 0.5 * 0.6 ** np.arange(num_classes)).astype(np.int64)
+    labels[np.arange(n), rng.integers(0, num_classes, n) * (labels.sum(1) == 0)] = 1
+    feats = rng.normal(size=(n, dim)) + labels @ np.random.default_rng(123).normal(size=(num_classes, dim)) * 1.5
+    np.savez(path, features=feats.astype(np.float32), labels=labels,
+             class_names=np.array([f"c{k}" for k in range(num_classes)]))
+
+
+def feature_overrides(train_f: Path, test_f: Path, out: Path, **extra: object) -> list[str]:
+    base = {"dataset": "features", "train_ann": str(train_f), "test_ann": str(test_f), "out_dir": str(out),
+            "neck_dim": 0, "epochs": 3, "batch_size": 32, "lr": 0.05, "warmup_iters": 10, "lr_steps": [0.6],
+            "workers": 0, "tensorboard": False, "device": "cpu", "loss": "bce", "sampler": "class-aware"}
+    return [f"{k}={json.dumps(v)}" for k, v in {**base, **extra}.items()]
+
+
+def test_tau_norm_at_zero_is_the_identity_and_at_one_unit_rows():
+    w = torch.randn(5, 7, dtype=torch.float64)
+    w[2] = 0.0
+    assert torch.equal(tau_normalize(w, 0.0), w)
+    norms = tau_normalize(w, 1.0).norm(dim=1)
+    torch.testing.assert_close(norms[[0, 1, 3, 4]], torch.ones(4, dtype=torch.float64))
+    assert norms[2] == 0  # a zero row stays zero (no NaN)
+    half = tau_normalize(w, 0.5)
+    torch.testing.assert_close(half[0], w[0] / w[0].norm() ** 0.5)
+    with pytest.raises(ValueError, match=r"shape \(C, D\)"):
+        tau_normalize(torch.ones(3), 1.0)
+
+
+def test_lws_with_scales_one_is_the_linear_classifier():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(6, 4)
+    lws = ScaledLinear(6, 4)
+    lws.load_state_dict({**lin.state_dict(), "scales": torch.ones(4)})
+    x = torch.randn(3, 6)
+    assert torch.equal(lws(x), lin(x))
+    lws(x).sum().backward()
+    lin(x).sum().backward()
+    assert torch.equal(lws.weight.grad, lin.weight.grad) and lws.scales.grad is None  # frozen in stage 1
+    with torch.no_grad():
+        lws.scales.copy_(torch.tensor([1.0, 2.0, 0.5, 0.0]))
+    torch.testing.assert_close(lws(x), lin(x) * torch.tensor([1.0, 2.0, 0.5, 0.0]))
+
+
+@pytest.mark.parametrize("mode, trained", [("crt", {"classifier.weight", "classifier.bias"}),
+                                           ("lws", {"classifier.scales"}), ("tau-norm", set())])
+def test_stage2_trains_only_its_classifier_parameters(mode, trained):
+    extra = {"crt": ["stage2_epochs=1"], "lws": ["stage2_epochs=1"], "tau-norm": []}[mode]
+    cfg = load_config(None, [f"decoupling={mode}", "neck_dim=8", *extra])
+    model = build_network(cfg, 3, torch.device("cpu"), input_type="features", in_features=5,
+                          stats=LabelStats.from_labels([[1, 0, 1], [0, 1, 0]]))
+    stage2 = training_stages(cfg)[1]
+    assert (stage2.cfg.sampler, stage2.cfg.warmup_iters, stage2.first_epoch) == ("class-aware", 0, cfg.epochs)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    enter_stage2(model, stage2.cfg)
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert names == trained and len(trainable_parameters(model)) == len(trained)
+    model.train()
+    assert not model.neck.training and model.classifier.training  # the representation runs as at test time
+    changed = {k for k in before if not torch.equal(before[k], model.state_dict()[k])}
+    assert changed == {"crt": {"classifier.weight", "classifier.bias"}, "lws": set(),
+                       "tau-norm": {"classifier.weight"}}[mode]  # cRT re-initialises, tau-norm rescales
+
+
+def test_config_checks_the_stage_fields():
+    for overrides, match in ((["decoupling=crt"], "stage2_epochs` >= 1"),
+                             (["decoupling=tau-norm", "stage2_epochs=2"], "stage2_epochs` = 0"),
+                             (["stage2_epochs=2"], "stage2_epochs` = 0"),
+                             (["decoupling=lws", "stage2_epochs=1", "head=ml-gcn"], "head='linear'"),
+                             (["decoupling=crt", "stage2_epochs=1", "keep_best=true", "val_size=10"], "keep_best"),
+                             (["decoupling=rt"], "`decoupling`")):
+        with pytest.raises(ValueError, match=match):
+            load_config(None, overrides)
+    assert len(training_stages(load_config("demo/rs"))) == 1
+
+
+def _stage_state(path: Path) -> tuple[int, int, dict[str, torch.Tensor]]:
+    ckpt = load_checkpoint(path)
+    return ckpt["epoch"], ckpt.get("stage", 1), ckpt["model"]
+
+
+def test_stage2_changes_only_the_classifier_on_the_builtin_data(demo_root, tmp_path):
+    """Stage 1 of an image model (batch norms, dropout), then cRT's stage 2 resumed from its checkpoint:
+    every tensor of the state dict but the classifier's is bit-identical, the classifier's changed."""
+    common = [f"data_root={demo_root}", "weights=none", "epochs=1", "batch_size=64", "warmup_iters=1",
+              "sampler_reduce=16", "device=cpu"]
+    stage1 = train(load_config("demo/erm", [*common, f"out_dir={tmp_path / 's1'}"]), progress=False)
+    crt_cfg = load_config("demo/crt", [*common, f"out_dir={tmp_path / 'crt'}", "stage2_epochs=1"])
+    res = train(crt_cfg, progress=False, resume=str(tmp_path / "s1" / "checkpoint.pt"))
+    e1, s1, a = _stage_state(tmp_path / "s1" / "checkpoint.pt")
+    e2, s2, b = _stage_state(tmp_path / "crt" / "checkpoint.pt")
+    assert (e1, s1, e2, s2) == (1, 1, 2, 2)
+    assert set(a) == set(b)
+    for k in a:
+        if k.startswith("classifier."):
+            assert not torch.equal(a[k], b[k]), k
+        else:
+            assert torch.equal(a[k], b[k]), k  # incl. every batch norm's running statistics
+    records = [json.loads(x) for x in (tmp_path / "crt" / "log.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["epoch"]) for r in records if r["type"] == "epoch"] == [(2, 1)]
+    assert 0 < res["mAP"]["total"] <= 1 and res["mAP"]["total"] != stage1["mAP"]["total"]
+    ev = evaluate_checkpoint(tmp_path / "crt" / "checkpoint.pt", tmp_path / "eval", progress=False)
+    assert ev["per_class_ap"] == pytest.approx(res["per_class_ap"], abs=1e-12)
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("mode", ["crt", "lws"])
+def test_a_run_killed_in_stage2_resumes_in_stage2(tmp_path, monkeypatch, mode):
+    """A run stopped after epoch 1 of 3 of stage 2 (checkpoint: stage 2, epoch 3) resumes in stage 2 and
+    ends where the uninterrupted run ends, bit for bit."""
+    train_f, test_f = tmp_path / "train.npz", tmp_path / "test.npz"
+    make_features(train_f, 300, seed=0)
+    make_features(test_f, 101, seed=1)
+
+    def cfg(name: str):
+        return load_config(None, feature_overrides(train_f, test_f, tmp_path / name, epochs=2, sampler="random",
+                                                   decoupling=mode, stage2_epochs=3, neck_dim=16))
+
+    full = train(cfg("full"), progress=False)
+    real, calls = engine.train_one_epoch, []
+
+    def dies_in_stage2(*args, **kwargs):
+        if len(calls) == 3:  # stage 1's two epochs and stage 2's first are done and saved
+            raise _Killed
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_one_epoch", dies_in_stage2)
+    with pytest.raises(_Killed):
+        train(cfg("killed"), progress=False)
+    monkeypatch.setattr(engine, "train_one_epoch", real)
+    epoch, stage, _ = _stage_state(tmp_path / "killed" / "checkpoint.pt")
+    assert (epoch, stage) == (3, 2)
+    resumed = train(cfg("killed"), progress=False, resume=True)
+    assert resumed["per_class_ap"] == full["per_class_ap"]
+    a, b = _stage_state(tmp_path / "full" / "checkpoint.pt")[2], _stage_state(tmp_path / "killed" / "checkpoint.pt")[2]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    if mode == "lws":
+        assert not torch.equal(b["classifier.scales"], torch.ones(8))
+    _, _, model = model_from_checkpoint(load_checkpoint(tmp_path / "killed" / "checkpoint.pt"))
+    assert isinstance(model.classifier, ScaledLinear) == (mode == "lws")
+
+
+def test_tau_norm_is_applied_once_even_when_resumed(tmp_path):
+    train_f, test_f = tmp_path / "train.npz", tmp_path / "test.npz"
+    make_features(train_f, 300, seed=0)
+    make_features(test_f, 101, seed=1)
+    over = feature_overrides(train_f, test_f, tmp_path / "tau", epochs=2, sampler="random", decoupling="tau-norm",
+                             tau_norm=1.0)
+    res = train(load_config(None, over), progress=False)
+    w = load_checkpoint(tmp_path / "tau" / "checkpoint.pt")["model"]["classifier.weight"]
+    torch.testing.assert_close(w.norm(dim=1), torch.ones(8))
+    again = train(load_config(None, over), progress=False, resume=True)  # a finished tau-norm run, resumed
+    assert again["per_class_ap"] == res["per_class_ap"]
+    assert np.isfinite(res["mAP"]["total"])
