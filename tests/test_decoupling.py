@@ -14,6 +14,7 @@ from dbloss.config import load_config
 from dbloss.decoupling import ScaledLinear, enter_stage2, tau_normalize, trainable_parameters, training_stages
 from dbloss.engine import build_network, evaluate_checkpoint, model_from_checkpoint, train
 from dbloss.files import load_checkpoint
+from dbloss.losses import LOSS_NAMES, build_loss
 from dbloss.stats import LabelStats
 
 
@@ -177,3 +178,23 @@ def test_tau_norm_is_applied_once_even_when_resumed(tmp_path):
     again = train(load_config(None, over), progress=False, resume=True)  # a finished tau-norm run, resumed
     assert again["per_class_ap"] == res["per_class_ap"]
     assert np.isfinite(res["mAP"]["total"])
+
+
+def _torch_backend(loss: str) -> dict[str, str]:
+    """``loss_args`` that keep a DB-family loss on its torch path (the fused kernel is test_fused's)."""
+    try:
+        build_loss(loss, [3, 2, 1], 4, backend="torch")
+    except TypeError:
+        return {}
+    return {"loss_args": {"backend": "torch"}}
+
+
+@pytest.mark.parametrize("loss", LOSS_NAMES)
+def test_crt_runs_with_every_loss(tmp_path, loss):
+    train_f, test_f = tmp_path / "train.npz", tmp_path / "test.npz"
+    make_features(train_f, 200, seed=0)
+    make_features(test_f, 60, seed=1)
+    over = feature_overrides(train_f, test_f, tmp_path / "run", epochs=1, sampler="random", decoupling="crt",
+                             stage2_epochs=1, loss=loss, **_torch_backend(loss))
+    res = train(load_config(None, over), progress=False)
+    assert np.isfinite(res["mAP"]["total"]) and _stage_state(tmp_path / "run" / "checkpoint.pt")[:2] == (2, 2)
