@@ -198,3 +198,16 @@ def test_crt_runs_with_every_loss(tmp_path, loss):
                              stage2_epochs=1, loss=loss, **_torch_backend(loss))
     res = train(load_config(None, over), progress=False)
     assert np.isfinite(res["mAP"]["total"]) and _stage_state(tmp_path / "run" / "checkpoint.pt")[:2] == (2, 2)
+
+
+def test_resume_refuses_another_stage2_or_head(tmp_path):
+    train_f, test_f = tmp_path / "train.npz", tmp_path / "test.npz"
+    make_features(train_f, 200, seed=0)
+    make_features(test_f, 60, seed=1)
+    crt = feature_overrides(train_f, test_f, tmp_path / "run", epochs=1, sampler="random", decoupling="crt",
+                            stage2_epochs=1)
+    train(load_config(None, crt), progress=False)
+    with pytest.raises(ValueError, match="stage 2 of decoupling='crt', but this run has decoupling='none'"):
+        train(load_config(None, [*crt, "decoupling=none", "stage2_epochs=0"]), progress=False, resume=True)
+    with pytest.raises(ValueError, match="head='linear', but this run has head='ml-gcn'"):
+        train(load_config(None, [*crt, "head=ml-gcn"]), progress=False, resume=True)

@@ -61,7 +61,7 @@ RUN_FILES: tuple[str, ...] = ("checkpoint.pt", "best.pt", "metrics.json")
 #: What a run writes and ``--overwrite`` removes first (``log.jsonl`` is appended to, so it must go).
 _REPLACED_FILES: tuple[str, ...] = (*RUN_FILES, "metrics.md", "predictions.npz", "log.jsonl")
 #: Configuration fields a resumed run must share with its checkpoint.
-_RESUME_KEYS: tuple[str, ...] = ("loss", "dataset", "sampler", "seed", "batch_size", "optimizer")
+_RESUME_KEYS: tuple[str, ...] = ("loss", "dataset", "sampler", "seed", "batch_size", "optimizer", "head")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -608,11 +608,16 @@ def _read_checkpoint(path: str | Path, keys: tuple[str, ...],
 def _read_resume(src: Path, cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
     """The checkpoint to resume from, checked against ``cfg`` before anything is written."""
     ckpt = _read_checkpoint(src, ("model", "optimizer", "scaler", "epoch", "iteration", "rng", "config"), device)
-    saved_cfg = {"optimizer": "sgd", **ckpt["config"]}  # checkpoints from before the option used SGD
+    # checkpoints from before an option have its default (SGD, the linear head, one stage)
+    saved_cfg = {"optimizer": "sgd", "head": "linear", "decoupling": "none", **ckpt["config"]}
     for key in _RESUME_KEYS:
         if saved_cfg.get(key) != getattr(cfg, key):
             raise UsageError(f"--resume: checkpoint {src} was trained with {key}={saved_cfg.get(key)!r}, "
                              f"but this run has {key}={getattr(cfg, key)!r}")
+    # a stage-1 checkpoint may go on into any stage 2 (e.g. cRT after a finished ERM run); a stage-2 one only its own
+    if ckpt.get("stage", 1) == 2 and saved_cfg["decoupling"] != cfg.decoupling:
+        raise UsageError(f"--resume: checkpoint {src} is in stage 2 of decoupling={saved_cfg['decoupling']!r}, "
+                         f"but this run has decoupling={cfg.decoupling!r}")
     return ckpt
 
 
