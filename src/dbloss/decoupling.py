@@ -18,6 +18,13 @@ folder and its checkpoints say which stage their model is in, so a run killed in
 in stage 2. In stage 2 the frozen part runs in eval mode (batch-norm statistics and dropout as at
 test time): every tensor of the model but the classifier's stays bit-identical.
 
+In the multi-label setting tau-norm and LWS cannot change the mAP: each class's logit is
+rescaled by a positive constant (``1 / ||w_k||^tau`` on ``w_k·x``, ``f_k > 0``), which keeps the
+order of the samples within every class, and AP is computed per class over samples. They change
+only what is read at a threshold (F1). In Kang et al.'s single-label softmax the classes compete
+for each sample, so there the same rescaling changes the prediction. cRT re-learns the weight
+directions and does change the ranking.
+
 Deviations: Kang et al. train single-label softmax classifiers with a cosine schedule (cRT: 10
 epochs); here the classifier is the multi-label one of this project under the recipe's loss, and
 stage 2 repeats stage 1's step schedule over its own ``stage2_epochs`` (no warm-up). LWS and
