@@ -62,6 +62,18 @@ def test_lws_with_scales_one_is_the_linear_classifier():
     with torch.no_grad():
         lws.scales.copy_(torch.tensor([1.0, 2.0, 0.5, 0.0]))
     torch.testing.assert_close(lws(x), lin(x) * torch.tensor([1.0, 2.0, 0.5, 0.0]))
+    # the recipe's builder: the linear layer's initial weights, and the random stream after it untouched
+    stats = LabelStats.from_labels([[1, 0, 1, 0], [0, 1, 0, 1]])
+    built = {}
+    for mode in ("none", "lws"):
+        torch.manual_seed(0)
+        extra = ["stage2_epochs=1"] if mode == "lws" else []
+        model = build_network(load_config(None, [f"decoupling={mode}", *extra]), 4, torch.device("cpu"),
+                              input_type="features", in_features=6, stats=stats)
+        built[mode] = (model.state_dict(), torch.rand(3))
+    plain, (scaled, after) = built["none"], built["lws"]
+    assert all(torch.equal(plain[0][k], scaled[k]) for k in plain[0]) and torch.equal(plain[1], after)
+    assert isinstance(model.classifier, ScaledLinear) and torch.equal(scaled["classifier.scales"], torch.ones(4))
 
 
 @pytest.mark.parametrize("mode, trained", [("crt", {"classifier.weight", "classifier.bias"}),

@@ -75,6 +75,15 @@ class ScaledLinear(nn.Linear):
         super().__init__(in_features, out_features, bias=bias)
         self.scales = nn.Parameter(torch.ones(out_features), requires_grad=False)
 
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "ScaledLinear":
+        """``linear`` with scales 1: its weights copied, the global random stream left as it was
+        (a recipe with ``decoupling: lws`` trains its stage 1 exactly as the same recipe without it)."""
+        with torch.random.fork_rng(devices=[]):
+            scaled = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
+        scaled.load_state_dict({**linear.state_dict(), "scales": scaled.scales.detach().clone()})
+        return scaled.to(linear.weight.device, linear.weight.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x) * self.scales.to(x.dtype)
 

@@ -298,7 +298,7 @@ def _set_classifier(model: nn.Module, cfg: TrainConfig, stats: LabelStats | None
         model.classifier = gcn_head(linear.in_features, stats.conditional_prob, embeddings=cfg.label_embeddings,
                                     tau=cfg.gcn_tau, p=cfg.gcn_p, hidden=cfg.gcn_hidden)
     elif cfg.decoupling == "lws":
-        model.classifier = ScaledLinear(linear.in_features, linear.out_features)
+        model.classifier = ScaledLinear.from_linear(linear)  # stage 1 trains as without LWS, bit for bit
 
 
 def _model_input(state: dict[str, torch.Tensor]) -> tuple[str, int | None]:
