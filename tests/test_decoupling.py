@@ -61,7 +61,8 @@ def test_lws_with_scales_one_is_the_linear_classifier():
     assert torch.equal(lws.weight.grad, lin.weight.grad) and lws.scales.grad is None  # frozen in stage 1
     with torch.no_grad():
         lws.scales.copy_(torch.tensor([1.0, 2.0, 0.5, 0.0]))
-    torch.testing.assert_close(lws(x), lin(x) * torch.tensor([1.0, 2.0, 0.5, 0.0]))
+    scales = torch.tensor([1.0, 2.0, 0.5, 0.0])
+    torch.testing.assert_close(lws(x), (lin(x) - lin.bias) * scales + lin.bias)  # the weights scaled, not the bias
     # the recipe's builder: the linear layer's initial weights, and the random stream after it untouched
     stats = LabelStats.from_labels([[1, 0, 1, 0], [0, 1, 0, 1]])
     built = {}

@@ -9,8 +9,10 @@ and adjusts it, one of (``decoupling`` in the recipe):
   ``stage2_epochs`` with ``stage2_sampler`` (class-aware by default) at ``stage2_lr``;
 * ``tau-norm``: no training; each class's weight row is rescaled, ``w_k / ||w_k||^tau``
   (:func:`tau_normalize`, ``tau_norm`` in the recipe; the bias is left as trained);
-* ``lws`` (learnable weight scaling): only a per-class scale ``f_k`` of the logits is learned,
-  ``f_k (w_k·x + b_k)`` (:class:`ScaledLinear`, scales 1 in stage 1), with the stage-2 sampler.
+* ``lws`` (learnable weight scaling): only a per-class scale ``f_k`` of the weights is learned,
+  the paper's ``w_k -> f_k w_k``: logits ``f_k (w_k·x) + b_k`` (:class:`ScaledLinear`, scales 1
+  in stage 1), with the stage-2 sampler. The bias is not scaled: scaling it too would keep every
+  logit's sign, so no decision at the 0.5 threshold could change in the multi-label setting.
 
 The engine runs the stages one after the other with the same ``train_one_epoch``
 (:func:`training_stages` gives each stage's configuration); stage 2 writes into the same run
@@ -19,9 +21,9 @@ in stage 2. In stage 2 the frozen part runs in eval mode (batch-norm statistics 
 test time): every tensor of the model but the classifier's stays bit-identical.
 
 In the multi-label setting tau-norm and LWS cannot change the mAP: each class's logit is
-rescaled by a positive constant (``1 / ||w_k||^tau`` on ``w_k·x``, ``f_k > 0``), which keeps the
-order of the samples within every class, and AP is computed per class over samples. They change
-only what is read at a threshold (F1). In Kang et al.'s single-label softmax the classes compete
+rescaled by a positive constant (``1 / ||w_k||^tau`` or ``f_k > 0`` on ``w_k·x``), which keeps
+the order of the samples within every class, and AP is computed per class over samples. They
+change only what is read at a threshold (F1), through the weight term's balance with the bias. In Kang et al.'s single-label softmax the classes compete
 for each sample, so there the same rescaling changes the prediction. cRT re-learns the weight
 directions and does change the ranking.
 
@@ -65,7 +67,7 @@ def tau_normalize(weight: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
 
 
 class ScaledLinear(nn.Linear):
-    """A linear classifier with LWS's per-class scales: (B, D) -> (B, C) logits ``f ⊙ (x Wᵀ + b)``.
+    """A linear classifier with LWS's per-class weight scales: (B, D) -> (B, C) logits ``f ⊙ (x Wᵀ) + b``.
 
     ``scales`` (C,) starts at 1 and is frozen in stage 1 (the layer is then ``nn.Linear``);
     stage 2 of ``decoupling: lws`` trains only it. Its state dict is ``nn.Linear``'s plus ``scales``.
@@ -85,7 +87,8 @@ class ScaledLinear(nn.Linear):
         return scaled.to(linear.weight.device, linear.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x) * self.scales.to(x.dtype)
+        out = nn.functional.linear(x, self.weight) * self.scales.to(x.dtype)
+        return out if self.bias is None else out + self.bias
 
 
 @dataclass(frozen=True)
