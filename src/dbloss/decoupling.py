@@ -23,9 +23,9 @@ test time): every tensor of the model but the classifier's stays bit-identical.
 In the multi-label setting tau-norm and LWS cannot change the mAP: each class's logit is
 rescaled by a positive constant (``1 / ||w_k||^tau`` or ``f_k > 0`` on ``w_k·x``), which keeps
 the order of the samples within every class, and AP is computed per class over samples. They
-change only what is read at a threshold (F1), through the weight term's balance with the bias. In Kang et al.'s single-label softmax the classes compete
-for each sample, so there the same rescaling changes the prediction. cRT re-learns the weight
-directions and does change the ranking.
+change only what is read at a threshold (F1), through the weight term's balance with the bias.
+In Kang et al.'s single-label softmax the classes compete for each sample, so there the same
+rescaling changes the prediction. cRT re-learns the weight directions and does change the ranking.
 
 Deviations: Kang et al. train single-label softmax classifiers with a cosine schedule (cRT: 10
 epochs); here the classifier is the multi-label one of this project under the recipe's loss, and

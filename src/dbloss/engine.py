@@ -780,7 +780,8 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, overwrite: bool = Fal
             runlog.write(type="stage", stage=stage.number, decoupling=cfg.decoupling, epoch=state.epoch)
             if env.is_main:
                 log.info("stage 2 (%s): %d of %d parameters trained", cfg.decoupling,
-                         sum(p.numel() for p in trainable_parameters(model)), sum(p.numel() for p in model.parameters()))
+                         sum(p.numel() for p in trainable_parameters(model)),
+                         sum(p.numel() for p in model.parameters()))
                 save_checkpoint(ckpt_path, _training_checkpoint(model, optimizer, scaler, state, cfg, stats, device))
             barrier(env)
         if state.epoch >= stage.end_epoch:
