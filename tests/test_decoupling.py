@@ -226,3 +226,16 @@ def test_resume_refuses_another_stage2_or_head(tmp_path):
         train(load_config(None, [*crt, "decoupling=none", "stage2_epochs=0"]), progress=False, resume=True)
     with pytest.raises(ValueError, match="head='linear', but this run has head='ml-gcn'"):
         train(load_config(None, [*crt, "head=ml-gcn"]), progress=False, resume=True)
+
+
+def test_crt_retrains_an_ml_gcn_head(tmp_path):
+    """cRT works with any head: with ML-GCN's, stage 2 re-trains the graph convolutions and nothing else."""
+    train_f, test_f = tmp_path / "train.npz", tmp_path / "test.npz"
+    make_features(train_f, 200, seed=0)
+    make_features(test_f, 60, seed=1)
+    common = dict(epochs=1, sampler="random", head="ml-gcn", gcn_hidden=16, neck_dim=8)
+    train(load_config(None, feature_overrides(train_f, test_f, tmp_path / "s1", **common)), progress=False)
+    crt = feature_overrides(train_f, test_f, tmp_path / "crt", decoupling="crt", stage2_epochs=1, **common)
+    train(load_config(None, crt), progress=False, resume=str(tmp_path / "s1" / "checkpoint.pt"))
+    a, b = _stage_state(tmp_path / "s1" / "checkpoint.pt")[2], _stage_state(tmp_path / "crt" / "checkpoint.pt")[2]
+    assert {k for k in a if not torch.equal(a[k], b[k])} == {"classifier.gc1", "classifier.gc2"}
