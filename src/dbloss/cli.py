@@ -1,4 +1,4 @@
-"""The ``dbloss`` command: ``train``, ``evaluate``, ``predict``, ``export``, ``demo``, ``reproduce``, ``pretrain``,
+"""The ``dbloss`` command: ``train``, ``evaluate``, ``predict``, ``export``, ``features``, ``demo``, ``reproduce``, ``pretrain``,
 ``report``, ``analyze``, ``data``, ``recipes``, ``kernel``.
 
 Each sub-command is a small function taking the parsed arguments; the work lives in the
@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from dbloss.cli_features import add_features_command
 from dbloss.cli_predict import add_export_command, add_predict_command
 from dbloss.errors import NonFiniteLossError, UsageError
 
@@ -224,6 +225,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="where metrics.json / metrics.md go")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=_cmd_evaluate)
+    add_features_command(sub)
     add_predict_command(sub)
     add_export_command(sub)
 
