@@ -16,17 +16,8 @@ from dbloss.engine import build_network, evaluate_checkpoint, model_from_checkpo
 from dbloss.files import load_checkpoint
 from dbloss.losses import LOSS_NAMES, build_loss
 from dbloss.stats import LabelStats
+from dbloss.data.synthetic import write_synthetic_features as make_features
 
-
-
-def make_features(path: Path, n: int, seed: int, num_classes: int = 8, dim: int = 32) -> None:
-    """Long-tailed multi-label features a linear head can learn (as test_engine's)."""
-    rng = np.random.default_rng(seed)
-    labels = (rng.random((n, num_classes)) < 0.5 * 0.6 ** np.arange(num_classes)).astype(np.int64)
-    labels[np.arange(n), rng.integers(0, num_classes, n) * (labels.sum(1) == 0)] = 1
-    feats = rng.normal(size=(n, dim)) + labels @ np.random.default_rng(123).normal(size=(num_classes, dim)) * 1.5
-    np.savez(path, features=feats.astype(np.float32), labels=labels,
-             class_names=np.array([f"c{k}" for k in range(num_classes)]))
 
 
 def feature_overrides(train_f: Path, test_f: Path, out: Path, **extra: object) -> list[str]:

@@ -21,19 +21,7 @@ import torch
 
 from dbloss.config import load_config
 from dbloss.engine import NonFiniteLossError, evaluate_checkpoint, train
-
-
-def make_features(path: Path, n: int, seed: int, num_classes: int = 8, dim: int = 32) -> None:
-    """Long-tailed multi-label features: class k is present with probability ~ 0.5 * 0.6^k and
-    shifts the features along its own direction (so a linear head can learn it)."""
-    rng = np.random.default_rng(seed)
-    probs = 0.5 * 0.6 ** np.arange(num_classes)
-    labels = (rng.random((n, num_classes)) < probs).astype(np.int64)
-    labels[np.arange(n), rng.integers(0, num_classes, n) * (labels.sum(1) == 0)] = 1
-    directions = np.random.default_rng(123).normal(size=(num_classes, dim))
-    feats = rng.normal(size=(n, dim)) + labels @ directions * 1.5
-    np.savez(path, features=feats.astype(np.float32), labels=labels,
-             class_names=np.array([f"c{k}" for k in range(num_classes)]))
+from dbloss.data.synthetic import write_synthetic_features as make_features
 
 
 @pytest.fixture

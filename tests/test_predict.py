@@ -10,6 +10,7 @@ per module.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from pathlib import Path
 
@@ -23,20 +24,14 @@ from dbloss.data.coco import read_coco
 from dbloss.engine import train
 from dbloss.errors import UsageError
 from dbloss.predict import Predictor, predict_inputs, read_checkpoint
+from dbloss.data.synthetic import write_synthetic_features
 
 # ---------------------------------------------------------------------------------------------
 # Runs, made once per module
 # ---------------------------------------------------------------------------------------------
 
 
-def _make_features(path: Path, n: int, seed: int, num_classes: int = 6, dim: int = 16) -> None:
-    """Long-tailed, linearly separable-ish multi-label features (the load_feature_file format)."""
-    rng = np.random.default_rng(seed)
-    labels = (rng.random((n, num_classes)) < 0.5 * 0.6 ** np.arange(num_classes)).astype(np.int64)
-    labels[np.arange(n), rng.integers(0, num_classes, n) * (labels.sum(1) == 0)] = 1
-    feats = rng.normal(size=(n, dim)) + labels @ np.random.default_rng(123).normal(size=(num_classes, dim)) * 1.5
-    np.savez(path, features=feats.astype(np.float32), labels=labels,
-             class_names=np.array([f"c{k}" for k in range(num_classes)]))
+_make_features = functools.partial(write_synthetic_features, num_classes=6, dim=16)
 
 
 def _overrides(**cfg: object) -> list[str]:

@@ -692,3 +692,24 @@ def generate_source_dataset(
     logger.info("source dataset written to %s: %d classes x %d images in %.1f s", out, len(DEMO_CLASSES), per_class,
                 time.perf_counter() - start)
     return out
+
+
+def write_synthetic_features(path: str | os.PathLike[str], n: int, seed: int, num_classes: int = 8,
+                             dim: int = 32) -> None:
+    """Write an ``.npz`` of long-tailed multi-label features in the :func:`dbloss.data.features.load_feature_file`
+    format: class k is present with probability ``0.5 * 0.6^k`` (every sample has a label) and shifts the
+    (n, dim) Gaussian features along its own fixed direction, so that a linear head can learn it.
+
+    >>> import tempfile, numpy as np
+    >>> p = os.path.join(tempfile.mkdtemp(), "f.npz"); write_synthetic_features(p, 50, seed=0, num_classes=3, dim=4)
+    >>> d = np.load(p); d["features"].shape, d["labels"].shape, bool(d["labels"].sum(1).min() >= 1)
+    ((50, 4), (50, 3), True)
+    """
+    rng = np.random.default_rng(seed)
+    probs = 0.5 * 0.6 ** np.arange(num_classes)
+    labels = (rng.random((n, num_classes)) < probs).astype(np.int64)
+    labels[np.arange(n), rng.integers(0, num_classes, n) * (labels.sum(1) == 0)] = 1
+    directions = np.random.default_rng(123).normal(size=(num_classes, dim))
+    feats = rng.normal(size=(n, dim)) + labels @ directions * 1.5
+    np.savez(path, features=feats.astype(np.float32), labels=labels,
+             class_names=np.array([f"c{k}" for k in range(num_classes)]))
