@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import json
 import logging
 import os
 import shutil
@@ -46,6 +45,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Sequence
+
+from dbloss.files import write_json
 
 __all__ = [
     "BENCHMARK_DATA",
@@ -375,9 +376,7 @@ def download_archive(
     log.info("extracting %s into %s", archive.filename, dest / archive.extract_to)
     safe_extract(path, dest / archive.extract_to)
     marker.parent.mkdir(parents=True, exist_ok=True)
-    tmp = marker.with_name(marker.name + ".tmp")
-    tmp.write_text(json.dumps({"md5": archive.md5, "extract_to": archive.extract_to}) + "\n")
-    os.replace(tmp, marker)
+    write_json(marker, {"md5": archive.md5, "extract_to": archive.extract_to})  # atomic: done only once written
     if not keep_archive:
         path.unlink()
     return True
