@@ -19,6 +19,7 @@ from typing import Sequence
 
 from dbloss.cli_features import add_features_command
 from dbloss.cli_predict import add_export_command, add_predict_command
+from dbloss.distributed import shutdown_distributed
 from dbloss.errors import NonFiniteLossError, UsageError
 
 __all__ = ["main", "get_args_parser"]
@@ -340,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"dbloss {args.command}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        shutdown_distributed()  # under torchrun: the process group ends with the command
 
 
 if __name__ == "__main__":  # pragma: no cover

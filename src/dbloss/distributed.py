@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistEnv", "init_distributed", "gather_predictions", "barrier"]
+__all__ = ["DistEnv", "init_distributed", "gather_predictions", "barrier", "shutdown_distributed"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,13 @@ def init_distributed(device: str = "auto") -> DistEnv:
             torch.cuda.set_device(env.local_rank)
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return env
+
+
+def shutdown_distributed() -> None:
+    """Destroy the process group, if one was started (what a command does before it exits: a
+    gloo group left to the interpreter's shutdown can abort the process after its work is done)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier(env: DistEnv) -> None:
