@@ -1,4 +1,4 @@
-"""Tests of dbloss.sampling.ClassAwareSampler."""
+"""Tests of dbloss.sampling: ClassAwareSampler and BBN's ReversedSampler."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import dbloss.sampling as sampling_module
-from dbloss.sampling import ClassAwareSampler
+from dbloss.sampling import ClassAwareSampler, ReversedSampler
 
 
 def _voc_labels(voc_coco_mlt_dir: Path) -> np.ndarray:
@@ -199,3 +199,45 @@ def test_bad_input(labels, kwargs, error, match: str) -> None:
 def test_docstring_examples() -> None:
     result = doctest.testmod(sampling_module, extraglobs={"torch": torch})
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_reversed_sampler_draws_classes_in_inverse_proportion_to_their_counts() -> None:
+    labels = _small_labels()
+    freq = labels.sum(0)
+    sampler = ReversedSampler(labels, epoch_length=70_000, seed=3)
+    indices, classes = sampler.sample_with_classes()
+    assert len(sampler) == 70_000 and indices.tolist() == list(sampler)
+    assert bool((torch.as_tensor(labels)[indices, classes] == 1).all())  # every image contains its drawn class
+    expected = (1 / freq) / (1 / freq).sum()
+    observed = np.bincount(classes.numpy(), minlength=7) / 70_000
+    np.testing.assert_allclose(observed, expected, atol=0.006)
+    # the rarest class's images are cycled: each appears within one draw of the others
+    rare = int(np.argmin(freq))
+    counts = np.bincount(indices[classes == rare].numpy())[np.flatnonzero(labels[:, rare])]
+    assert counts.max() - counts.min() <= 1
+    assert len(ReversedSampler(labels)) == 60  # default: one epoch of the data's size
+
+
+def test_reversed_sampler_is_seeded_per_epoch_and_rank_aware() -> None:
+    labels = _small_labels()
+    a, b = ReversedSampler(labels, seed=1), ReversedSampler(labels, seed=1)
+    state = torch.get_rng_state()
+    assert list(a) == list(b) and torch.equal(torch.get_rng_state(), state)  # no global random state touched
+    b.set_epoch(1)
+    assert list(a) != list(b)
+    global_seq = list(ReversedSampler(labels, seed=1, epoch_length=61))
+    shards = [list(ReversedSampler(labels, seed=1, epoch_length=61, num_replicas=2, rank=r)) for r in range(2)]
+    assert [len(x) for x in shards] == [31, 31]
+    assert [shards[i % 2][i // 2] for i in range(62)] == (global_seq + global_seq)[:62]
+    with pytest.raises(ValueError, match="reversed sampler cannot draw classes without samples.*\\[1\\]"):
+        ReversedSampler(np.array([[1, 0], [1, 0]]))
+    with pytest.raises(ValueError, match="epoch_length"):
+        ReversedSampler(labels, epoch_length=0)
+
+
+def test_class_aware_epoch_length_overrides_the_original_rounding() -> None:
+    labels = _small_labels()
+    s = ClassAwareSampler(labels, epoch_length=50, seed=2)
+    indices, classes = s.sample_with_classes()
+    assert len(s) == 50 == len(indices)
+    assert np.bincount(classes.numpy(), minlength=7).max() - np.bincount(classes.numpy(), minlength=7).min() <= 1
