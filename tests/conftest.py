@@ -69,3 +69,53 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.getbasetemp() / "dbloss_demo_data"
     generate_demo_dataset(root, seed=0)
     return root
+
+
+@pytest.fixture
+def feature_recipe(tmp_path: Path):
+    """``make(name, **settings) -> list[str]``: ``key=value`` overrides of a small head on synthetic
+    long-tailed features (``data.synthetic.write_synthetic_features``: 300 training / 101 test
+    samples, written once per test), CPU, no workers, out_dir ``tmp_path / name``."""
+    import json
+
+    from dbloss.data.synthetic import write_synthetic_features
+
+    train_f, test_f = tmp_path / "train.npz", tmp_path / "test.npz"
+    write_synthetic_features(train_f, 300, seed=0)
+    write_synthetic_features(test_f, 101, seed=1)
+
+    def make(name: str, **settings: object) -> list[str]:
+        base = {"dataset": "features", "train_ann": str(train_f), "test_ann": str(test_f),
+                "out_dir": str(tmp_path / name), "neck_dim": 16, "epochs": 2, "batch_size": 32, "lr": 0.05,
+                "warmup_iters": 5, "lr_steps": [0.6], "workers": 0, "tensorboard": False, "device": "cpu",
+                "loss": "bce", "sampler": "random"}
+        return [f"{k}={json.dumps(v)}" for k, v in {**base, **settings}.items()]
+
+    return make
+
+
+class TrainingKilled(Exception):
+    """Raised in place of an epoch by :func:`train_killed_after`."""
+
+
+@pytest.fixture
+def train_killed_after(monkeypatch: pytest.MonkeyPatch):
+    """``train_killed_after(n, cfg)``: ``train(cfg)`` killed when its epoch n + 1 would start (after n
+    epochs, all stages counted, are done and checkpointed), as an interrupted run is."""
+    import dbloss.engine as engine
+
+    def run(n: int, cfg: object) -> None:
+        real, calls = engine.train_one_epoch, []
+
+        def dies(*args: object, **kwargs: object) -> object:
+            if len(calls) == n:
+                raise TrainingKilled
+            calls.append(1)
+            return real(*args, **kwargs)
+
+        with monkeypatch.context() as m:
+            m.setattr(engine, "train_one_epoch", dies)
+            with pytest.raises(TrainingKilled):
+                engine.train(cfg, progress=False)
+
+    return run

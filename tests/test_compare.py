@@ -93,7 +93,7 @@ def test_reproduce_demo_end_to_end_with_a_tiny_configuration(tmp_path, capsys):
 def test_reproduce_rejects_unknown_rows_and_benchmarks(tmp_path):
     from dbloss.compare import reproduce
 
-    with pytest.raises(ValueError, match=r"Unknown voc-mlt row\(s\) \['oltr'\]; available: .*db_focal"):
-        reproduce("voc-mlt", rows=["oltr"], out=tmp_path)  # OLTR has no recipe yet
+    with pytest.raises(ValueError, match=r"Unknown voc-mlt row\(s\) \['gcn'\]; available: .*db_focal"):
+        reproduce("voc-mlt", rows=["gcn"], out=tmp_path)  # a misspelt row
     with pytest.raises(ValueError, match="among"):
         reproduce("lvis", out=tmp_path)

@@ -15,7 +15,7 @@ def test_shipped_recipes_all_load():
     names = list_recipes()
     for ds in ("voc_mlt", "coco_mlt"):
         for row in ("erm", "rw", "focal", "rs", "cb_focal", "ldam", "r_bce_focal", "ntr_focal", "db_focal", "asl",
-                    "ml_gcn", "crt"):
+                    "ml_gcn", "crt", "oltr", "bbn"):
             assert f"{ds}/{row}" in names
     for name in names:
         cfg = load_config(name)
@@ -28,7 +28,9 @@ PAPER_ROWS = {"erm": ("bce", "random"), "rw": ("rw", "random"), "focal": ("focal
               "r_bce_focal": ("r-focal", "class-aware"), "ntr_focal": ("ntr-focal", "class-aware"),
               "db_focal": ("db-focal", "class-aware"), "asl": ("asl", "random"),
               "ml_gcn": ("bce", "random"),  # ML-GCN (Chen et al.): the GCN head under BCE, uniform sampling
-              "crt": ("bce", "random")}  # cRT (Kang et al.): stage 1's loss and sampler (stage 2: class-aware)
+              "crt": ("bce", "random"),  # cRT (Kang et al.): stage 1's loss and sampler (stage 2: class-aware)
+              "oltr": ("bce", "random"),  # OLTR (Liu et al.): stage 1's loss and sampler (stage 2: class-aware)
+              "bbn": ("bce", "random")}  # BBN (Zhou et al.): the conventional branch's (the other: reversed)
 #: What a row of each benchmark may set over its folder's ``_base.yaml`` (besides ``base`` itself).
 ROW_KEYS = {"voc_mlt": {"name", "loss", "sampler", "loss_args"},
             "coco_mlt": {"name", "loss", "sampler", "loss_args"},
@@ -37,9 +39,12 @@ ROW_KEYS = {"voc_mlt": {"name", "loss", "sampler", "loss_args"},
             "demo_features": {"name", "loss", "sampler", "lr"},  # heads on frozen features; lr: chosen on validation
             "reuters": {"name", "loss", "loss_args"}}  # one sampler for every row: Huang et al.'s, in the base
 #: What a method's row may set besides its folder's keys: the method's own switches, nothing else.
-METHOD_KEYS = {"ml_gcn": {"head"}, "crt": {"decoupling", "stage2_epochs"}}
+METHOD_KEYS = {"ml_gcn": {"head"}, "crt": {"decoupling", "stage2_epochs"},
+               "oltr": {"head", "stage2_epochs", "num_samples_cls"}, "bbn": {"head"}}
 #: The method rows' values of those keys (every benchmark's the same).
-METHOD_VALUES = {"ml_gcn": {"head": "ml-gcn"}, "crt": {"decoupling": "crt", "stage2_epochs": 4}}
+METHOD_VALUES = {"ml_gcn": {"head": "ml-gcn"}, "crt": {"decoupling": "crt", "stage2_epochs": 4},
+                 "oltr": {"head": "oltr", "stage2_epochs": 4, "num_samples_cls": 4, "stage2_sampler": "class-aware"},
+                 "bbn": {"head": "bbn", "bbn_sampler": "reversed"}}
 
 
 def test_shipped_recipes_say_only_what_differs_from_their_base():

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-import dbloss.engine as engine
 from dbloss.config import load_config
-from dbloss.decoupling import ScaledLinear, enter_stage2, tau_normalize, trainable_parameters, training_stages
+from dbloss.decoupling import ScaledLinear, enter_stage2, tau_normalize, trainable_parameters
+from dbloss.stages import training_stages
 from dbloss.engine import build_network, evaluate_checkpoint, model_from_checkpoint, train
 from dbloss.files import load_checkpoint
 from dbloss.losses import LOSS_NAMES, build_loss
@@ -129,12 +129,8 @@ def test_stage2_changes_only_the_classifier_on_the_builtin_data(demo_root, tmp_p
     assert ev["per_class_ap"] == pytest.approx(res["per_class_ap"], abs=1e-12)
 
 
-class _Killed(Exception):
-    pass
-
-
 @pytest.mark.parametrize("mode", ["crt", "lws"])
-def test_a_run_killed_in_stage2_resumes_in_stage2(tmp_path, monkeypatch, mode):
+def test_a_run_killed_in_stage2_resumes_in_stage2(tmp_path, train_killed_after, mode):
     """A run stopped after epoch 1 of 3 of stage 2 (checkpoint: stage 2, epoch 3) resumes in stage 2 and
     ends where the uninterrupted run ends, bit for bit."""
     train_f, test_f = tmp_path / "train.npz", tmp_path / "test.npz"
@@ -146,18 +142,7 @@ def test_a_run_killed_in_stage2_resumes_in_stage2(tmp_path, monkeypatch, mode):
                                                    decoupling=mode, stage2_epochs=3, neck_dim=16))
 
     full = train(cfg("full"), progress=False)
-    real, calls = engine.train_one_epoch, []
-
-    def dies_in_stage2(*args, **kwargs):
-        if len(calls) == 3:  # stage 1's two epochs and stage 2's first are done and saved
-            raise _Killed
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "train_one_epoch", dies_in_stage2)
-    with pytest.raises(_Killed):
-        train(cfg("killed"), progress=False)
-    monkeypatch.setattr(engine, "train_one_epoch", real)
+    train_killed_after(3, cfg("killed"))  # stage 1's two epochs and stage 2's first are done and saved
     epoch, stage, _ = _stage_state(tmp_path / "killed" / "checkpoint.pt")
     assert (epoch, stage) == (3, 2)
     resumed = train(cfg("killed"), progress=False, resume=True)

@@ -125,8 +125,10 @@ def test_killed_run_resumes_to_the_same_result(feature_files, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sampler", ["class-aware", "random"])
-def test_two_process_ddp_matches_single_process(tmp_path, sampler):
+@pytest.mark.parametrize("extra", [{"sampler": "class-aware"}, {"sampler": "random"},
+                                   {"sampler": "random", "head": "bbn"}],  # BBN: both of its samplers rank-aware
+                         ids=["class-aware", "random", "bbn"])
+def test_two_process_ddp_matches_single_process(tmp_path, extra):
     # 8 classes, largest class 64 -> class-aware epoch of 64 * 8 / 4 = 128 = 4 global batches of 32
     rng = np.random.default_rng(0)
     counts = [64, 40, 30, 20, 12, 8, 5, 3]
@@ -140,7 +142,6 @@ def test_two_process_ddp_matches_single_process(tmp_path, sampler):
     np.savez(tmp_path / "train.npz", features=feats, labels=labels)
     test_lab = labels[:101]
     np.savez(tmp_path / "test.npz", features=feats[:101] + 0.1, labels=test_lab)
-    extra = {"sampler": sampler}
     single = tmp_path / "single"
     ref = train(load_config(None, feature_overrides(tmp_path / "train.npz", tmp_path / "test.npz", single, **extra)),
                 progress=False)

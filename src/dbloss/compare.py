@@ -38,7 +38,8 @@ from dbloss.engine import train
 from dbloss.files import write_json, write_text
 from dbloss.tables import format_mean_sd, seed_table
 
-__all__ = ["ALL_DEMO_RECIPES", "BENCHMARKS", "DEFAULT_DEMO_RECIPES", "INCREMENT_STEPS", "PAPER_ROWS", "PUBLISHED",
+__all__ = ["ALL_DEMO_RECIPES", "BENCHMARKS", "DEFAULT_DEMO_RECIPES", "EXTRA_ROWS", "INCREMENT_STEPS", "PAPER_ROWS",
+           "PUBLISHED",
            "PUBLISHED_SOURCES", "SETTINGS", "reproduce", "run_comparison", "run_demo", "run_recipe_seeds", "update_marked_block",
            "write_comparison"]
 
@@ -47,22 +48,25 @@ log = logging.getLogger(__name__)
 #: The rows the demo trains by default: the paper's baseline, its re-sampling baseline and DB-Focal.
 DEFAULT_DEMO_RECIPES: tuple[str, ...] = ("erm", "rs", "db_focal")
 #: Every row of the paper's comparison that has a demo recipe, in the paper's order.
-ALL_DEMO_RECIPES: tuple[str, ...] = ("erm", "rw", "focal", "rs", "ml_gcn", "cb_focal", "ldam", "r_bce_focal",
-                                     "ntr_focal", "db_focal", "crt", "asl")
+ALL_DEMO_RECIPES: tuple[str, ...] = ("erm", "rw", "focal", "rs", "ml_gcn", "oltr", "cb_focal", "ldam", "r_bce_focal",
+                                     "ntr_focal", "db_focal", "crt", "bbn", "asl")
 #: Demo setting -> recipe folder.
 SETTINGS: dict[str, str] = {"pretrained": "demo", "scratch": "demo_scratch"}
-#: The rows of the paper's comparison (Table 1) that have recipes, in its order; OLTR has none yet.
-#: cRT (decoupling, which the paper builds on) and ASL (2021, after the paper) are shipped too but are
-#: not rows of the paper's table.
-PAPER_ROWS: tuple[str, ...] = ("erm", "rw", "focal", "rs", "ml_gcn", "cb_focal", "ldam", "r_bce_focal", "ntr_focal",
-                               "db_focal")
+#: The rows of the paper's comparison (Table 1), in its order. cRT and BBN (decoupling and the two-branch
+#: network, which the paper builds on) and ASL (2021, after the paper) are shipped too but are not rows
+#: of the paper's table.
+PAPER_ROWS: tuple[str, ...] = ("erm", "rw", "focal", "rs", "ml_gcn", "oltr", "cb_focal", "ldam", "r_bce_focal",
+                               "ntr_focal", "db_focal")
+#: The rows that ``rows=["all"]`` adds to the paper's: the methods it builds on and ASL.
+EXTRA_ROWS: tuple[str, ...] = ("crt", "bbn", "asl")
 #: ``dbloss reproduce`` benchmark -> recipe folder.
 BENCHMARKS: dict[str, str] = {"voc-mlt": "voc_mlt", "coco-mlt": "coco_mlt", "demo": "demo"}
 #: Published mAP (x100: total, head, medium, tail) per benchmark and row, and the source key of
 #: :data:`PUBLISHED_SOURCES`. "a" is the original release (the DB-Focal rows of the paper's
 #: Table 1); "b" re-prints Wu et al.'s baselines beside its own runs and says its numbers average
-#: three runs, so some may be its re-runs. ERM, R-BCE-Focal and NTR-Focal need the paper's Table 1
-#: itself, which this project could not retrieve offline; no number is written from memory ("–").
+#: three runs, so some may be its re-runs. ERM, ML-GCN, OLTR, R-BCE-Focal and NTR-Focal need the paper's
+#: Table 1 itself, which this project could not retrieve offline; no number is written from memory ("–").
+#: cRT and BBN are not rows of the paper; no source held here reports them on VOC-MLT / COCO-MLT.
 PUBLISHED: dict[str, dict[str, tuple[float, float, float, float, str]]] = {
     "voc-mlt": {
         "rw": (74.70, 67.58, 82.81, 73.96, "b"), "focal": (73.88, 69.41, 81.43, 71.56, "b"),
@@ -316,7 +320,7 @@ def reproduce(
         benchmark: "voc-mlt", "coco-mlt" (their recipes read ``data/``, see ``dbloss data download``)
             or "demo" (the built-in data, as ``dbloss demo``).
         rows: recipe names of the benchmark's folder (default: :data:`PAPER_ROWS`; ``["all"]``:
-            every recipe of the folder, ASL included).
+            adds :data:`EXTRA_ROWS`, cRT, BBN and ASL).
         out: default ``runs/<benchmark>``.
         overrides: ``key=value`` settings for every run (e.g. ``epochs=2`` for a smoke test).
 
@@ -328,7 +332,7 @@ def reproduce(
     folder = BENCHMARKS[benchmark]
     names = list(rows or PAPER_ROWS)
     if names == ["all"]:
-        names = [n for n in (*PAPER_ROWS, "crt", "asl") if n in _available(folder)]
+        names = [n for n in (*PAPER_ROWS, *EXTRA_ROWS) if n in _available(folder)]
     names = _resolve_rows(folder, names, benchmark)
     out = Path(out or f"runs/{benchmark}")
     extra = [*([f"data_root={out / 'data'}"] if benchmark == "demo" else []), *overrides]

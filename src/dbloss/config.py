@@ -71,13 +71,19 @@ class TrainConfig:
     frozen_stages: int | None = None  # None: 1 (the paper's) with pretrained weights, 0 from scratch
     neck_dim: int = 256
     dropout: float = 0.5
-    # classifier: "linear", or "ml-gcn" (Chen et al. 2019, dbloss.mlgcn: classifiers produced by a 2-layer GCN
-    # over the training labels' co-occurrence graph from label embeddings)
-    head: Literal["linear", "ml-gcn"] = "linear"
+    # classifier: "linear"; "ml-gcn" (Chen et al. 2019, dbloss.mlgcn: classifiers produced by a 2-layer GCN over
+    # the training labels' co-occurrence graph from label embeddings); "oltr" (Liu et al. 2019, dbloss.oltr: a
+    # second stage of stage2_epochs with modulated attention and the meta-embedding classifier over the class
+    # centroids); "bbn" (Zhou et al. 2020, dbloss.bbn: a conventional branch on `sampler` and a re-balancing
+    # branch on `bbn_sampler`, mixed by cumulative learning)
+    head: Literal["linear", "ml-gcn", "oltr", "bbn"] = "linear"
     label_embeddings: str | None = None  # ml-gcn: a .npy file (C x E, class order), e.g. GloVe; null: one-hot
     gcn_tau: float = 0.4  # ml-gcn: P(j | i) >= gcn_tau is an edge (the paper's 0.4)
     gcn_p: float = 0.2  # ml-gcn: the neighbours' share of each row (the paper's 0.2)
     gcn_hidden: int = 1024  # ml-gcn: width of the first graph convolution (the paper's 1024)
+    oltr_attention: bool = True  # oltr: modulated attention on the backbone's last feature map (where it has one)
+    oltr_centroid_weight: float = 0.01  # oltr: weight of the discriminative centroid loss (the release's 0.01)
+    bbn_sampler: Literal["reversed", "class-aware"] = "reversed"  # bbn: the re-balancing branch's sampler
     # loss and sampling
     loss: str = "db-focal"
     loss_args: dict[str, Any] = field(default_factory=dict)
@@ -87,9 +93,10 @@ class TrainConfig:
     head_min: int = DEFAULT_HEAD_MIN
     tail_max: int = DEFAULT_TAIL_MAX
     # decoupling (Kang et al. 2020, dbloss.decoupling): after the `epochs` of stage 1, freeze all but the
-    # classifier and re-train it (crt: re-initialised; lws: per-class scales) or tau-normalise it (tau-norm)
+    # classifier and re-train it (crt: re-initialised; lws: per-class scales) or tau-normalise it (tau-norm).
+    # The stage2_* fields are also those of OLTR's second stage (head: oltr).
     decoupling: Literal["none", "crt", "lws", "tau-norm"] = "none"
-    stage2_epochs: int = 0  # crt / lws: epochs of stage 2 (tau-norm trains nothing: 0)
+    stage2_epochs: int = 0  # crt / lws / oltr: epochs of stage 2 (tau-norm trains nothing: 0)
     stage2_sampler: Literal["random", "class-aware"] = "class-aware"
     stage2_lr: float | None = None  # null: `lr`
     tau_norm: float = 1.0  # tau-norm: w_k / ||w_k||^tau_norm
@@ -173,9 +180,11 @@ class TrainConfig:
         return self
 
     def _validate_methods(self) -> None:
-        """The ML-GCN head and the decoupling stage (their fields are read only when enabled)."""
-        for name, valid in (("head", ("linear", "ml-gcn")), ("decoupling", ("none", "crt", "lws", "tau-norm")),
-                            ("stage2_sampler", ("random", "class-aware"))):
+        """The heads (ML-GCN, OLTR, BBN) and the second stage (their fields are read only when enabled)."""
+        for name, valid in (("head", ("linear", "ml-gcn", "oltr", "bbn")),
+                            ("decoupling", ("none", "crt", "lws", "tau-norm")),
+                            ("stage2_sampler", ("random", "class-aware")),
+                            ("bbn_sampler", ("reversed", "class-aware"))):
             if getattr(self, name) not in valid:
                 raise ValueError(f"Expected `{name}` to be one of {valid}, but got {getattr(self, name)!r}")
         if not 0.0 <= self.gcn_tau <= 1.0:
@@ -186,18 +195,27 @@ class TrainConfig:
             raise ValueError(f"Expected `gcn_hidden` >= 1, but got {self.gcn_hidden!r}")
         if self.stage2_lr is not None and self.stage2_lr < 0:
             raise ValueError(f"Expected `stage2_lr` >= 0 or null, but got {self.stage2_lr!r}")
+        if self.oltr_centroid_weight < 0:
+            raise ValueError(f"Expected `oltr_centroid_weight` >= 0, but got {self.oltr_centroid_weight!r}")
+        if self.decoupling != "none" and self.head in ("oltr", "bbn"):
+            raise ValueError(f"Expected decoupling='none' with head={self.head!r} (decoupling re-trains a linear or "
+                             f"ML-GCN classifier), but got decoupling={self.decoupling!r}")
+        if self.head == "oltr" and self.stage2_epochs < 1:
+            raise ValueError(f"Expected `stage2_epochs` >= 1 with head='oltr' (OLTR's stage 2 trains the modulated "
+                             f"attention and the meta-embedding classifier), but got {self.stage2_epochs!r}")
         if self.decoupling in ("crt", "lws") and self.stage2_epochs < 1:
             raise ValueError(f"Expected `stage2_epochs` >= 1 with decoupling={self.decoupling!r} (its stage 2 "
                              f"trains the classifier), but got {self.stage2_epochs!r}")
-        if self.decoupling in ("none", "tau-norm") and self.stage2_epochs != 0:
+        if self.decoupling in ("none", "tau-norm") and self.head != "oltr" and self.stage2_epochs != 0:
             raise ValueError(f"Expected `stage2_epochs` = 0 with decoupling={self.decoupling!r} (no stage 2 "
                              f"training), but got {self.stage2_epochs!r}")
         if self.decoupling in ("lws", "tau-norm") and self.head != "linear":
             raise ValueError(f"Expected head='linear' with decoupling={self.decoupling!r} (it rescales a linear "
                              f"classifier's rows), but got head={self.head!r}; decoupling=crt works with any head")
-        if self.decoupling != "none" and self.keep_best:
-            raise ValueError(f"Expected keep_best=false with decoupling={self.decoupling!r} (the best epoch is "
-                             f"chosen within one stage; not supported across two), but got keep_best=true")
+        if (self.decoupling != "none" or self.head == "oltr") and self.keep_best:
+            what = f"decoupling={self.decoupling!r}" if self.decoupling != "none" else "head='oltr'"
+            raise ValueError(f"Expected keep_best=false with {what} (the best epoch is chosen within one stage; not "
+                             f"supported across two), but got keep_best=true")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -15,9 +15,9 @@ and adjusts it, one of (``decoupling`` in the recipe):
   logit's sign, so no decision at the 0.5 threshold could change in the multi-label setting.
 
 The engine runs the stages one after the other with the same ``train_one_epoch``
-(:func:`training_stages` gives each stage's configuration); stage 2 writes into the same run
-folder and its checkpoints say which stage their model is in, so a run killed in stage 2 resumes
-in stage 2. In stage 2 the frozen part runs in eval mode (batch-norm statistics and dropout as at
+(:func:`dbloss.stages.training_stages` gives each stage's configuration); stage 2 writes into the
+same run folder and its checkpoints say which stage their model is in, so a run killed in stage 2
+resumes in stage 2. In stage 2 the frozen part runs in eval mode (batch-norm statistics and dropout as at
 test time): every tensor of the model but the classifier's stays bit-identical.
 
 In the multi-label setting tau-norm and LWS cannot change the mAP: each class's logit is
@@ -35,16 +35,12 @@ tau-norm need a linear classifier (``head: linear``); cRT works with any head.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from dbloss.config import TrainConfig
 
-__all__ = ["ScaledLinear", "Stage", "enter_stage2", "freeze_representation", "tau_normalize", "training_stages",
-           "trainable_parameters"]
+__all__ = ["ScaledLinear", "enter_stage2", "freeze_representation", "tau_normalize", "trainable_parameters"]
 
 
 def tau_normalize(weight: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
@@ -89,40 +85,6 @@ class ScaledLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = nn.functional.linear(x, self.weight) * self.scales.to(x.dtype)
         return out if self.bias is None else out + self.bias
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One stage of a run: its number (1, 2), its configuration and the run's epochs before it."""
-
-    number: int
-    cfg: TrainConfig
-    first_epoch: int
-
-    @property
-    def end_epoch(self) -> int:
-        """The run's epoch count when this stage is done."""
-        return self.first_epoch + self.cfg.epochs
-
-
-def training_stages(cfg: TrainConfig) -> list[Stage]:
-    """The stages of a recipe: stage 1 as written; with ``decoupling`` a stage 2 whose
-    configuration is the recipe's with ``epochs=stage2_epochs``, ``sampler=stage2_sampler``,
-    ``lr=stage2_lr`` (the recipe's ``lr`` when null) and no warm-up.
-
-    ``epochs`` of a tau-norm stage 2 is 0: it trains nothing.
-
-    >>> [(s.number, s.cfg.epochs, s.cfg.sampler) for s in training_stages(TrainConfig(decoupling="crt",
-    ...     stage2_epochs=2, sampler="random"))]
-    [(1, 8, 'random'), (2, 2, 'class-aware')]
-    """
-    stages = [Stage(1, cfg, 0)]
-    if cfg.decoupling != "none":
-        # the stage's own config (epochs may be 0 for tau-norm: built without validate)
-        second = dataclasses.replace(cfg, epochs=cfg.stage2_epochs, sampler=cfg.stage2_sampler,
-                                     lr=cfg.lr if cfg.stage2_lr is None else cfg.stage2_lr, warmup_iters=0)
-        stages.append(Stage(2, second, cfg.epochs))
-    return stages
 
 
 def freeze_representation(model: nn.Module) -> None:

@@ -4,9 +4,10 @@
   :func:`build`, trains epoch after epoch with :func:`train_one_epoch` (the paper's schedule:
   SGD, or AdamW as an option; linear warm-up, step decay, gradient clipping), writes an atomic
   checkpoint every epoch and tests at the end: ``metrics.json``, ``metrics.md``, ``predictions.npz``.
-  A recipe with ``decoupling`` (:mod:`dbloss.decoupling`) has a second stage that trains only the
-  classifier: the same loop over :func:`train_one_epoch` with the stage's configuration, in the
-  same run folder; checkpoints name their stage, so ``--resume`` continues in it.
+  A recipe with ``decoupling`` (:mod:`dbloss.decoupling`) or ``head: oltr`` (:mod:`dbloss.oltr`)
+  has a second stage (:mod:`dbloss.stages`): the same loop over :func:`train_one_epoch` with the
+  stage's configuration, in the same run folder; checkpoints name their stage, so ``--resume``
+  continues in it. ``head: bbn`` (:mod:`dbloss.bbn`) trains on pairs of batches from two samplers.
 * :func:`evaluate` (``-> (scores, targets)``) predicts a dataset; :func:`evaluate_checkpoint`
   tests a saved checkpoint with the same :func:`build`.
 * Pure helpers: :func:`get_lr`, :func:`lr_step_epochs`, :func:`schedule_warnings`, :func:`result_record`.
@@ -34,25 +35,28 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from dbloss.bbn import PairedDataset, PairedSampler, bbn_loss, bbn_network, cumulative_alpha
 from dbloss.config import TrainConfig, load_config, save_config
+from dbloss.decoupling import ScaledLinear, enter_stage2, trainable_parameters
 from dbloss.distributed import DistEnv, barrier, gather_predictions, init_distributed
 from dbloss.errors import NonFiniteLossError, UsageError
-from dbloss.decoupling import ScaledLinear, enter_stage2, trainable_parameters, training_stages
 from dbloss.files import jsonable, load_checkpoint, save_checkpoint, write_json, write_text
 from dbloss.losses import build_loss
 from dbloss.metrics import f1_scores, mean_average_precision, nanmean, summarize
 from dbloss.mlgcn import gcn_head
 from dbloss.model import build_model, is_pretrained, resolve_frozen_stages
-from dbloss.pipeline import DataBundle, build_data, prepare_data
+from dbloss.oltr import class_centroids, enter_memory_stage, oltr_network
+from dbloss.pipeline import DataBundle, build_data, eval_view, prepare_data
 from dbloss.pretrain import BUILTIN_WEIGHTS, resolve_weights
-from dbloss.sampling import ClassAwareSampler
+from dbloss.sampling import ClassAwareSampler, ReversedSampler
+from dbloss.stages import training_stages
 from dbloss.stats import LabelStats
 from dbloss.thresholds import per_class_thresholds
 from dbloss.tables import results_table
 
 __all__ = ["NonFiniteLossError", "RUN_FILES", "build", "build_network", "build_optimizer", "evaluate",
-           "evaluate_checkpoint", "get_lr", "lr_step_epochs", "model_from_checkpoint", "predict", "schedule_warnings",
-           "result_record", "train", "train_one_epoch", "validation_scores"]
+           "evaluate_checkpoint", "get_lr", "lr_step_epochs", "model_from_checkpoint", "predict", "sampling_label",
+           "schedule_warnings", "result_record", "train", "train_one_epoch", "validation_scores"]
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +65,8 @@ RUN_FILES: tuple[str, ...] = ("checkpoint.pt", "best.pt", "metrics.json")
 #: What a run writes and ``--overwrite`` removes first (``log.jsonl`` is appended to, so it must go).
 _REPLACED_FILES: tuple[str, ...] = (*RUN_FILES, "metrics.md", "predictions.npz", "log.jsonl")
 #: Configuration fields a resumed run must share with its checkpoint.
-_RESUME_KEYS: tuple[str, ...] = ("loss", "dataset", "sampler", "seed", "batch_size", "optimizer", "head")
+_RESUME_KEYS: tuple[str, ...] = ("loss", "dataset", "sampler", "seed", "batch_size", "optimizer", "head",
+                                 "bbn_sampler")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,18 +204,15 @@ def _train_loader(cfg: TrainConfig, data: DataBundle, env: DistEnv,
     if cfg.batch_size % env.world_size:
         raise UsageError(f"batch_size={cfg.batch_size} must be divisible by the number of ranks ({env.world_size})")
     per_rank = cfg.batch_size // env.world_size
-    if cfg.sampler == "class-aware":
-        sampler: Any = ClassAwareSampler(data.train_labels, num_samples_cls=cfg.num_samples_cls,
-                                         reduce=cfg.sampler_reduce, seed=cfg.seed, num_replicas=env.world_size,
-                                         rank=env.rank)
-    else:
-        sampler = DistributedSampler(data.train, num_replicas=env.world_size, rank=env.rank, shuffle=True,
-                                     seed=cfg.seed)
+    sampler = _train_sampler(cfg, data, env)
+    dataset = data.train
+    if cfg.head == "bbn":  # BBN: each index a pair, (conventional, re-balancing): x (B, 2, ...), y (B, 2, C)
+        sampler, dataset = PairedSampler(sampler, _rebalancing_sampler(cfg, data, env, sampler)), PairedDataset(dataset)
     generator = torch.Generator()
     per_epoch = len(sampler)  # samples this rank draws per epoch
     # a last batch of one sample breaks batch norm in training mode: drop it (it is 1 of the epoch's samples)
     drop_last = per_epoch % per_rank == 1 and per_epoch > 1
-    loader = _loader(data.train, per_rank, sampler, cfg, device, generator=generator, drop_last=drop_last)
+    loader = _loader(dataset, per_rank, sampler, cfg, device, generator=generator, drop_last=drop_last)
     if env.is_main:
         for message in schedule_warnings(cfg, len(data.train), len(loader), per_epoch * env.world_size):
             log.warning("%s", message)
@@ -219,6 +221,26 @@ def _train_loader(cfg: TrainConfig, data: DataBundle, env: DistEnv,
                  [e + 1 for e in lr_step_epochs(cfg)], cfg.warmup_iters,
                  "; the last sample of each epoch is dropped (a batch of one)" if drop_last else "")
     return sampler, generator, loader
+
+
+def _train_sampler(cfg: TrainConfig, data: DataBundle, env: DistEnv) -> Any:
+    """The recipe's training sampler (``cfg.sampler``), this rank's part of it."""
+    if cfg.sampler == "class-aware":
+        return ClassAwareSampler(data.train_labels, num_samples_cls=cfg.num_samples_cls, reduce=cfg.sampler_reduce,
+                                 seed=cfg.seed, num_replicas=env.world_size, rank=env.rank)
+    return DistributedSampler(data.train, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=cfg.seed)
+
+
+def _rebalancing_sampler(cfg: TrainConfig, data: DataBundle, env: DistEnv, conventional: Any) -> Any:
+    """BBN's re-balancing sampler (``cfg.bbn_sampler``), one draw per index of the conventional epoch;
+    seeded apart from the conventional sampler (another stream, not a copy of its order)."""
+    length = len(conventional) * env.world_size  # the conventional epoch, padded to a multiple of the ranks
+    seed = cfg.seed + 1_000_003
+    if cfg.bbn_sampler == "class-aware":
+        return ClassAwareSampler(data.train_labels, num_samples_cls=cfg.num_samples_cls, seed=seed,
+                                 num_replicas=env.world_size, rank=env.rank, epoch_length=length)
+    return ReversedSampler(data.train_labels, seed=seed, num_replicas=env.world_size, rank=env.rank,
+                           epoch_length=length)
 
 
 def _batches(loader: DataLoader, show: bool, desc: str) -> Iterator[Any]:
@@ -282,6 +304,10 @@ def build_network(cfg: TrainConfig, num_classes: int, device: torch.device, *, i
                         frozen_stages=frozen_stages, neck_dim=cfg.neck_dim, dropout=cfg.dropout,
                         in_features=in_features)
     _set_classifier(model, cfg, stats)
+    if cfg.head == "oltr":
+        model = oltr_network(model, attention=cfg.oltr_attention, image_size=cfg.image_size)
+    elif cfg.head == "bbn":
+        model = bbn_network(model)
     model = model.to(device)
     if device.type == "cuda" and cfg.channels_last and input_type == "image":
         model = model.to(memory_format=torch.channels_last)
@@ -303,10 +329,12 @@ def _set_classifier(model: nn.Module, cfg: TrainConfig, stats: LabelStats | None
 
 def _model_input(state: dict[str, torch.Tensor]) -> tuple[str, int | None]:
     """``(input_type, in_features)`` of a saved model's state dict: image models have a
-    ``backbone``; a :class:`~dbloss.model.FeatureClassifier`'s first layer takes the features."""
+    ``backbone`` with parameters; a feature head's first layer takes the features (the neck's, else
+    the classifier's; a BBN's branches both start with one)."""
     if any(k.startswith("backbone.") for k in state):
         return "image", None
-    first = state.get("neck.fc.weight", state.get("classifier.weight", state.get("classifier.gc2")))
+    first = next((state[k] for p in ("", "conventional.") for k in (f"{p}neck.fc.weight", f"{p}classifier.weight",
+                                                                     f"{p}classifier.gc2") if k in state), None)
     if first is None or first.ndim != 2:
         raise UsageError("the checkpoint's model is neither an image model (no backbone) nor a feature head "
                          "(no neck.fc / classifier weight)")
@@ -445,10 +473,25 @@ def result_record(scores: torch.Tensor, targets: torch.Tensor, stats: LabelStats
     if class_thresholds is not None:
         res["per_class_thresholds"] = {"thresholds": list(class_thresholds),
                                        **_f1_record(scores, targets, stats, class_thresholds)}
-    res.update(name=cfg.name, loss=cfg.loss, sampler=cfg.sampler, dataset=cfg.dataset, class_names=stats.class_names,
-               train_class_freq=stats.class_freq.tolist(), split=stats.split, epochs=cfg.epochs, seed=cfg.seed,
+    res.update(name=cfg.name, loss=cfg.loss, sampler=sampling_label(cfg), dataset=cfg.dataset,
+               class_names=stats.class_names, train_class_freq=stats.class_freq.tolist(), split=stats.split,
+               epochs=cfg.epochs, seed=cfg.seed,
                num_train=int(stats.num_samples), num_test=len(targets))
     return res
+
+
+def sampling_label(cfg: TrainConfig) -> str:
+    """How a run samples its training data, for tables: the sampler, BBN's two (``random + reversed``),
+    or the two stages' (``random, then class-aware``).
+
+    >>> sampling_label(TrainConfig(head="bbn", sampler="random")), sampling_label(TrainConfig(sampler="random"))
+    ('random + reversed', 'random')
+    """
+    if cfg.head == "bbn":
+        return f"{cfg.sampler} + {cfg.bbn_sampler}"
+    if cfg.stage2_epochs > 0:
+        return f"{cfg.sampler}, then {cfg.stage2_sampler}"
+    return cfg.sampler
 
 
 def _test(model: nn.Module, data: DataBundle, stats: LabelStats, cfg: TrainConfig, device: torch.device,
@@ -520,6 +563,27 @@ def _raise_if_non_finite(first_bad: torch.Tensor, epoch: int, checkpoint: Path) 
                                  f"last good checkpoint: {last}")
 
 
+def _step_loss(net: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
+               device: torch.device, epoch: int) -> torch.Tensor:
+    """The training loss of one batch (the model under autocast, the loss in float32): the recipe's
+    loss on the model's logits; for ``head: bbn`` BBN's mix of its branches and of its two batches
+    (x (B, 2, ...), y (B, 2, C), :func:`dbloss.bbn.bbn_loss`); for ``head: oltr`` plus the weighted
+    discriminative centroid loss that the model returns (0 in stage 1)."""
+    y = y.to(device, non_blocking=True)
+    if cfg.head == "bbn":
+        alpha = cumulative_alpha(epoch, cfg.epochs)
+        with _autocast(cfg, device):
+            logits = net(_inputs(x[:, 0], cfg, device), _inputs(x[:, 1], cfg, device), alpha=alpha)
+        return bbn_loss(loss_fn, logits.float(), y[:, 0], y[:, 1], alpha)
+    if cfg.head == "oltr":
+        with _autocast(cfg, device):
+            logits, centroid_loss = net(_inputs(x, cfg, device), targets=y)
+        return loss_fn(logits.float(), y) + cfg.oltr_centroid_weight * centroid_loss.float()
+    with _autocast(cfg, device):
+        logits = net(_inputs(x, cfg, device))
+    return loss_fn(logits.float(), y)
+
+
 def train_one_epoch(net: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, loader: DataLoader, cfg: TrainConfig, device: torch.device,
                     env: DistEnv, epoch: int, it: int, runlog: _RunLog, *, checkpoint: Path,
@@ -543,9 +607,7 @@ def train_one_epoch(net: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.O
         lr = get_lr(cfg, it, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        with _autocast(cfg, device):
-            logits = net(_inputs(x, cfg, device))
-        loss = loss_fn(logits.float(), y.to(device, non_blocking=True))
+        loss = _step_loss(net, loss_fn, x, y, cfg, device, epoch)
         value = loss.detach()
         if env.distributed:
             torch.distributed.all_reduce(value)
@@ -609,7 +671,8 @@ def _read_resume(src: Path, cfg: TrainConfig, device: torch.device) -> dict[str,
     """The checkpoint to resume from, checked against ``cfg`` before anything is written."""
     ckpt = _read_checkpoint(src, ("model", "optimizer", "scaler", "epoch", "iteration", "rng", "config"), device)
     # checkpoints from before an option have its default (SGD, the linear head, one stage)
-    saved_cfg = {"optimizer": "sgd", "head": "linear", "decoupling": "none", **ckpt["config"]}
+    saved_cfg = {"optimizer": "sgd", "head": "linear", "decoupling": "none", "bbn_sampler": "reversed",
+                 **ckpt["config"]}
     for key in _RESUME_KEYS:
         if saved_cfg.get(key) != getattr(cfg, key):
             raise UsageError(f"--resume: checkpoint {src} was trained with {key}={saved_cfg.get(key)!r}, "
@@ -774,12 +837,14 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, overwrite: bool = Fal
     state = _TrainState() if ckpt is None else _restore(ckpt, model, optimizer, scaler, device)
     runlog = _RunLog(out, env, cfg.tensorboard)
     for stage in stages[state.stage - 1:]:
-        if stage.number > state.stage:  # the stage boundary: freeze, re-initialise / rescale the classifier
-            optimizer = _enter_stage2(model, stage.cfg, optimizer, fresh=True)
+        if stage.number > state.stage:  # the boundary: decoupling's classifier stage or OLTR's memory stage
+            centroids = _oltr_centroids(model, data, cfg, device, env) if cfg.head == "oltr" else None
+            optimizer = _enter_stage2(model, stage.cfg, optimizer, fresh=True, centroids=centroids)
             state.stage = stage.number
-            runlog.write(type="stage", stage=stage.number, decoupling=cfg.decoupling, epoch=state.epoch)
+            method = "oltr" if cfg.head == "oltr" else cfg.decoupling
+            runlog.write(type="stage", stage=stage.number, method=method, epoch=state.epoch)
             if env.is_main:
-                log.info("stage 2 (%s): %d of %d parameters trained", cfg.decoupling,
+                log.info("stage 2 (%s): %d of %d parameters trained", method,
                          sum(p.numel() for p in trainable_parameters(model)),
                          sum(p.numel() for p in model.parameters()))
                 save_checkpoint(ckpt_path, _training_checkpoint(model, optimizer, scaler, state, cfg, stats, device))
@@ -812,13 +877,40 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, overwrite: bool = Fal
     return _finish(model, data, stats, cfg, device, env, state, runlog)
 
 
-def _enter_stage2(model: nn.Module, stage_cfg: TrainConfig, optimizer: torch.optim.Optimizer, *,
-                  fresh: bool) -> torch.optim.Optimizer:
-    """The model in decoupling's stage 2 (:func:`dbloss.decoupling.enter_stage2`) and the stage's
-    optimiser over the classifier (tau-norm trains nothing: the stage-1 optimiser is kept, unused)."""
-    enter_stage2(model, stage_cfg, fresh=fresh)
+def _enter_stage2(model: nn.Module, stage_cfg: TrainConfig, optimizer: torch.optim.Optimizer, *, fresh: bool,
+                  centroids: torch.Tensor | None = None) -> torch.optim.Optimizer:
+    """The model in its stage 2 and the stage's optimiser over what it trains: decoupling's
+    classifier (:func:`dbloss.decoupling.enter_stage2`; tau-norm trains nothing: the stage-1
+    optimiser is kept, unused) or OLTR's whole model with its memory, ``centroids`` (C, D)
+    (:func:`dbloss.oltr.enter_memory_stage`). ``fresh``: the stage boundary of a run; False when
+    the model will receive the weights of a stage-2 checkpoint (resume)."""
+    if stage_cfg.head == "oltr":
+        enter_memory_stage(model, centroids if fresh else None)
+    else:
+        enter_stage2(model, stage_cfg, fresh=fresh)
     params = trainable_parameters(model)
     return build_optimizer(params, stage_cfg) if params else optimizer
+
+
+@torch.no_grad()
+def _oltr_centroids(model: nn.Module, data: DataBundle, cfg: TrainConfig, device: torch.device,
+                    env: DistEnv) -> torch.Tensor:
+    """OLTR's memory: (C, D) the mean direct feature of each class's training samples (multi-label:
+    a sample counts for each of its classes), with the evaluation transform, the model in eval
+    mode; every rank sums its share of the training set and the sums are all-reduced."""
+    ds = eval_view(data.train, cfg)
+    shard = torch.utils.data.Subset(ds, range(env.rank, len(ds), env.world_size))
+    model.eval()
+    sums = counts = None
+    for x, y, _ in _loader(shard, cfg.eval_batch_size, None, cfg, device):
+        s, n = class_centroids(model.direct_features(_inputs(x, cfg, device)).float(), y.to(device))
+        sums, counts = (s, n) if sums is None else (sums + s, counts + n)
+    if env.distributed:
+        torch.distributed.all_reduce(sums)
+        torch.distributed.all_reduce(counts)
+    if env.is_main and bool((counts == 0).any()):
+        log.warning("OLTR: %d classes have no training sample: their centroids are 0", int((counts == 0).sum()))
+    return sums / counts.clamp_min(1)[:, None]
 
 
 def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, overrides: list[str] | None = None,

@@ -19,7 +19,7 @@ from torch import nn
 from dbloss.files import load_checkpoint
 
 __all__ = ["MultiLabelClassifier", "FeatureClassifier", "build_model", "build_backbone", "SmallConvNet",
-           "is_pretrained", "resolve_frozen_stages"]
+           "is_pretrained", "keep_frozen_batchnorms_in_eval", "resolve_frozen_stages"]
 
 
 class Neck(nn.Module):
@@ -172,6 +172,14 @@ def build_backbone(
     raise ValueError(f"Backbone {name!r} has no `features` or ResNet stages to extract features from")
 
 
+def keep_frozen_batchnorms_in_eval(module: nn.Module) -> None:
+    """Put every batch norm of ``module`` whose parameters are all frozen in eval mode (its running
+    statistics frozen too, as in the original release's ``frozen_stages``); call after ``train()``."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+            m.eval()
+
+
 def _keep_representation_frozen(model: nn.Module) -> None:
     """With ``model.frozen_representation`` (set by :func:`dbloss.decoupling.freeze_representation`
     for a classifier-only stage), everything but ``model.classifier`` stays in eval mode."""
@@ -182,7 +190,11 @@ def _keep_representation_frozen(model: nn.Module) -> None:
 
 
 class MultiLabelClassifier(nn.Module):
-    """Backbone -> global average pool -> neck -> linear: (B, 3, H, W) images to (B, C) logits."""
+    """Backbone -> global average pool -> neck -> linear: (B, 3, H, W) images to (B, C) logits.
+
+    ``in_features`` is None (the model takes images; a :class:`FeatureClassifier`'s is D)."""
+
+    in_features = None
 
     def __init__(self, backbone: nn.Module, feat_dim: int, num_classes: int, neck_dim: int | None = 256,
                  dropout: float = 0.5) -> None:
@@ -197,10 +209,7 @@ class MultiLabelClassifier(nn.Module):
         running statistics are frozen too, as in the original release's ``frozen_stages``)."""
         super().train(mode)
         if mode:
-            for m in self.backbone.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(
-                        p.requires_grad for p in m.parameters()):
-                    m.eval()
+            keep_frozen_batchnorms_in_eval(self.backbone)
             _keep_representation_frozen(self)
         return self
 
@@ -215,11 +224,12 @@ class FeatureClassifier(nn.Module):
     """A head on precomputed features: (B, D) -> (B, C) logits.
 
     ``hidden=0`` is a linear classifier; ``hidden>0`` adds one hidden layer (the same neck as
-    the image model: Linear -> BatchNorm1d -> ReLU -> Dropout).
+    the image model: Linear -> BatchNorm1d -> ReLU -> Dropout). ``in_features``: D.
     """
 
     def __init__(self, in_features: int, num_classes: int, hidden: int = 0, dropout: float = 0.5) -> None:
         super().__init__()
+        self.in_features = in_features
         self.neck = Neck(in_features, hidden, dropout) if hidden > 0 else nn.Identity()
         self.classifier = nn.Linear(hidden if hidden > 0 else in_features, num_classes)
 

@@ -8,6 +8,7 @@ step that generates the built-in demo images first (``dbloss train`` and ``dblos
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from dbloss.data.features import FeatureDataset, load_feature_file
 from dbloss.data.table import MultiLabelSet
 from dbloss.errors import UsageError
 
-__all__ = ["DataBundle", "build_data", "prepare_data", "read_tables", "text_vectorizer"]
+__all__ = ["DataBundle", "build_data", "eval_view", "prepare_data", "read_tables", "text_vectorizer"]
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,18 @@ def build_data(cfg: TrainConfig) -> DataBundle:
         train=make(train, t_train), test=make(test, t_eval), val=None if val is None else make(val, t_eval),
         train_labels=train.labels, class_names=list(train.class_names), in_features=None,
     )
+
+
+def eval_view(ds: Dataset, cfg: TrainConfig) -> Dataset:
+    """The samples of ``ds`` as evaluation sees them: an image dataset with the evaluation transform
+    (no augmentation; a shallow copy, ``ds`` unchanged); feature datasets as they are."""
+    if not hasattr(ds, "transform"):
+        return ds
+    from dbloss.data.transforms import eval_transform
+
+    view = copy.copy(ds)
+    view.transform = eval_transform(cfg.image_size)
+    return view
 
 
 def _build_features(cfg: TrainConfig) -> DataBundle:

@@ -179,7 +179,6 @@ class Predictor:
                  threshold_source: str = "given", extractor: nn.Module | None = None,
                  device: str | torch.device = "cpu", checkpoint: str | Path | None = None) -> None:
         from dbloss.data.transforms import eval_transform
-        from dbloss.model import FeatureClassifier
 
         self.device = _device(device)
         self.model = model.eval().to(self.device)
@@ -190,11 +189,9 @@ class Predictor:
             raise ValueError(f"Expected {len(self.class_names)} thresholds, but got shape "
                              f"{tuple(self.thresholds.shape)}")
         self.threshold_source = threshold_source
-        self.input_type = "features" if isinstance(self.model, FeatureClassifier) else "image"
-        self.in_features: int | None = None
-        if self.input_type == "features":  # the neck's first layer, else the classifier's (linear or scaled)
-            first = getattr(self.model.neck, "fc", None) or self.model.classifier
-            self.in_features = int(getattr(first, "in_features"))
+        dim = getattr(self.model, "in_features", None)  # D of a model on features (dbloss.model), None for images
+        self.input_type = "features" if dim else "image"
+        self.in_features: int | None = int(dim) if dim else None
         self.checkpoint = None if checkpoint is None else Path(checkpoint)
         self.extractor = None if extractor is None else extractor.eval().to(self.device)
         self.transform: Callable[[Tensor], Tensor] | None
