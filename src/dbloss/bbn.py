@@ -48,7 +48,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Sampler
 
-from dbloss.model import FeatureClassifier, MultiLabelClassifier, SmallConvNet, keep_frozen_batchnorms_in_eval
+from dbloss.model import FeatureClassifier, FrozenBatchNormModule, MultiLabelClassifier, SmallConvNet, reinitialize
 
 __all__ = ["BBNNetwork", "Branch", "PairedDataset", "PairedSampler", "bbn_loss", "bbn_network", "cumulative_alpha",
            "split_last_block"]
@@ -104,7 +104,7 @@ class Branch(nn.Module):
         return self.classifier(self.neck(h.flatten(1)))
 
 
-class BBNNetwork(nn.Module):
+class BBNNetwork(FrozenBatchNormModule):
     """BBN: a shared trunk and two branches. ``forward(x, x_r=None, alpha=0.5)`` -> (B, C) logits.
 
     ``alpha * conventional(trunk(x)) + (1 - alpha) * rebalancing(trunk(x_r))``; without ``x_r``
@@ -129,13 +129,6 @@ class BBNNetwork(nn.Module):
         self.conventional = conventional
         self.rebalancing = rebalancing
         self.in_features = in_features
-
-    def train(self, mode: bool = True) -> "BBNNetwork":
-        """Like ``nn.Module.train``; the batch norms of frozen stages stay in eval mode."""
-        super().train(mode)
-        if mode:
-            keep_frozen_batchnorms_in_eval(self)
-        return self
 
     def forward(self, x: torch.Tensor, x_r: torch.Tensor | None = None, alpha: float = TEST_ALPHA) -> torch.Tensor:
         h = self.backbone(x)
@@ -180,12 +173,6 @@ def _is_block(module: nn.Module) -> bool:
     return _has_weights(module) and any(True for _ in module.children())
 
 
-def _reset(module: nn.Module) -> None:
-    for m in module.modules():
-        if hasattr(m, "reset_parameters"):
-            m.reset_parameters()
-
-
 def bbn_network(base: nn.Module) -> BBNNetwork:
     """The BBN of a model built by :func:`dbloss.model.build_model`: the conventional branch takes
     the model's last block, neck and classifier; the re-balancing branch a copy of the block and a
@@ -199,8 +186,8 @@ def bbn_network(base: nn.Module) -> BBNNetwork:
         raise TypeError(f"BBN splits a MultiLabelClassifier or a FeatureClassifier, not {type(base).__name__}")
     conventional = Branch(block if block is not None else nn.Identity(), base.neck, base.classifier)
     rebalancing = copy.deepcopy(conventional)
-    _reset(rebalancing.neck)
-    _reset(rebalancing.classifier)
+    reinitialize(rebalancing.neck)
+    reinitialize(rebalancing.classifier)
     owned = "the backbone's last block, " if block is not None else ""
     log.info("BBN: each branch owns %sthe neck and a classifier; %d of %d parameters are shared", owned,
              sum(p.numel() for p in trunk.parameters()),

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from dbloss.config import TrainConfig
+from dbloss.model import reinitialize
 
 __all__ = ["ScaledLinear", "enter_stage2", "freeze_representation", "tau_normalize", "trainable_parameters"]
 
@@ -97,9 +98,7 @@ def freeze_representation(model: nn.Module) -> None:
 
 
 def _reset(module: nn.Module) -> None:
-    for m in module.modules():
-        if hasattr(m, "reset_parameters"):
-            m.reset_parameters()
+    reinitialize(module)
     if isinstance(module, ScaledLinear):
         module.scales.data.fill_(1.0)
 

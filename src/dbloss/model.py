@@ -19,7 +19,8 @@ from torch import nn
 from dbloss.files import load_checkpoint
 
 __all__ = ["MultiLabelClassifier", "FeatureClassifier", "build_model", "build_backbone", "SmallConvNet",
-           "is_pretrained", "keep_frozen_batchnorms_in_eval", "resolve_frozen_stages"]
+           "FrozenBatchNormModule", "is_pretrained", "keep_frozen_batchnorms_in_eval", "reinitialize",
+           "resolve_frozen_stages"]
 
 
 class Neck(nn.Module):
@@ -178,6 +179,24 @@ def keep_frozen_batchnorms_in_eval(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
             m.eval()
+
+
+def reinitialize(module: nn.Module) -> None:
+    """Draw new initial weights for every layer of ``module`` that has ``reset_parameters``."""
+    for m in module.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+
+
+class FrozenBatchNormModule(nn.Module):
+    """An ``nn.Module`` whose ``train()`` keeps the batch norms of frozen layers in eval mode
+    (:func:`keep_frozen_batchnorms_in_eval`): the base of the models that wrap a built one (OLTR, BBN)."""
+
+    def train(self, mode: bool = True) -> "FrozenBatchNormModule":
+        super().train(mode)
+        if mode:
+            keep_frozen_batchnorms_in_eval(self)
+        return self
 
 
 def _keep_representation_frozen(model: nn.Module) -> None:

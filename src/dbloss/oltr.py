@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dbloss.model import FeatureClassifier, MultiLabelClassifier, keep_frozen_batchnorms_in_eval
+from dbloss.model import FeatureClassifier, FrozenBatchNormModule, MultiLabelClassifier
 
 __all__ = ["CosineClassifier", "MetaEmbeddingClassifier", "ModulatedAttention", "OLTRNetwork", "class_centroids",
            "discriminative_centroid_loss", "enter_memory_stage", "meta_embedding", "oltr_network"]
@@ -218,7 +218,7 @@ def discriminative_centroid_loss(features: torch.Tensor, targets: torch.Tensor, 
     return attract + repel_weight * repel
 
 
-class OLTRNetwork(nn.Module):
+class OLTRNetwork(FrozenBatchNormModule):
     """OLTR: backbone -> [modulated attention] -> pool -> neck -> linear (stage 1) or meta-embedding
     (stage 2) classifier. ``forward(x)`` -> (B, C) logits; ``forward(x, targets)`` -> (logits, the
     discriminative centroid loss divided by C), the loss 0 in stage 1.
@@ -250,13 +250,6 @@ class OLTRNetwork(nn.Module):
     def _stage2_parameters(self) -> list[nn.Parameter]:
         modules = [self.meta] + ([self.attention] if self.attention is not None else [])
         return [p for m in modules for p in m.parameters()] + [self.centroids]
-
-    def train(self, mode: bool = True) -> "OLTRNetwork":
-        """Like ``nn.Module.train``; the batch norms of frozen stages stay in eval mode."""
-        super().train(mode)
-        if mode:
-            keep_frozen_batchnorms_in_eval(self)
-        return self
 
     def direct_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, D) the direct features ``v`` (the neck's output)."""
