@@ -119,3 +119,19 @@ def train_killed_after(monkeypatch: pytest.MonkeyPatch):
                 engine.train(cfg, progress=False)
 
     return run
+
+
+@pytest.fixture
+def torch_path() -> object:
+    """``torch_path(loss) -> dict``: the recipe settings (``loss_args.backend: torch``) that keep a DB-family
+    loss on its torch path (the fused kernel is test_fused's); ``{}`` for a loss without backends."""
+    from dbloss.losses import build_loss
+
+    def settings(loss: str) -> dict[str, dict[str, str]]:
+        try:
+            build_loss(loss, [3, 2, 1], 4, backend="torch")
+        except TypeError:
+            return {}
+        return {"loss_args": {"backend": "torch"}}
+
+    return settings

@@ -120,18 +120,10 @@ def test_bbn_class_aware_rebalancing_and_a_changed_sampler_refused_on_resume(fea
 
 
 @pytest.mark.parametrize("loss", LOSS_NAMES)
-def test_bbn_runs_with_every_loss(feature_recipe, loss):
-    extra = {"loss_args": {"backend": "torch"}} if _has_backend(loss) else {}  # the fused kernel is test_fused's
-    res = train(load_config(None, feature_recipe("run", head="bbn", epochs=1, loss=loss, **extra)), progress=False)
+def test_bbn_runs_with_every_loss(feature_recipe, loss, torch_path):
+    over = feature_recipe("run", head="bbn", epochs=1, loss=loss, **torch_path(loss))
+    res = train(load_config(None, over), progress=False)
     assert np.isfinite(res["mAP"]["total"])
-
-
-def _has_backend(loss: str) -> bool:
-    try:
-        build_loss(loss, [3, 2, 1], 4, backend="torch")
-    except TypeError:
-        return False
-    return True
 
 
 def test_bbn_trains_on_the_builtin_images(demo_root, tmp_path):

@@ -14,7 +14,7 @@ from dbloss.decoupling import ScaledLinear, enter_stage2, tau_normalize, trainab
 from dbloss.stages import training_stages
 from dbloss.engine import build_network, evaluate_checkpoint, model_from_checkpoint, train
 from dbloss.files import load_checkpoint
-from dbloss.losses import LOSS_NAMES, build_loss
+from dbloss.losses import LOSS_NAMES
 from dbloss.stats import LabelStats
 from dbloss.data.synthetic import write_synthetic_features as make_features
 
@@ -171,22 +171,13 @@ def test_tau_norm_is_applied_once_even_when_resumed(tmp_path):
     assert res["per_class_ap"] == pytest.approx(plain["per_class_ap"], abs=1e-6)
 
 
-def _torch_backend(loss: str) -> dict[str, str]:
-    """``loss_args`` that keep a DB-family loss on its torch path (the fused kernel is test_fused's)."""
-    try:
-        build_loss(loss, [3, 2, 1], 4, backend="torch")
-    except TypeError:
-        return {}
-    return {"loss_args": {"backend": "torch"}}
-
-
 @pytest.mark.parametrize("loss", LOSS_NAMES)
-def test_crt_runs_with_every_loss(tmp_path, loss):
+def test_crt_runs_with_every_loss(tmp_path, loss, torch_path):
     train_f, test_f = tmp_path / "train.npz", tmp_path / "test.npz"
     make_features(train_f, 200, seed=0)
     make_features(test_f, 60, seed=1)
     over = feature_overrides(train_f, test_f, tmp_path / "run", epochs=1, sampler="random", decoupling="crt",
-                             stage2_epochs=1, loss=loss, **_torch_backend(loss))
+                             stage2_epochs=1, loss=loss, **torch_path(loss))
     res = train(load_config(None, over), progress=False)
     assert np.isfinite(res["mAP"]["total"]) and _stage_state(tmp_path / "run" / "checkpoint.pt")[:2] == (2, 2)
 

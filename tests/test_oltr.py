@@ -15,7 +15,7 @@ from dbloss.config import load_config
 from dbloss.engine import model_from_checkpoint, train
 from dbloss.export import export_model
 from dbloss.files import load_checkpoint
-from dbloss.losses import LOSS_NAMES, build_loss
+from dbloss.losses import LOSS_NAMES
 from dbloss.model import FeatureClassifier, build_model
 from dbloss.oltr import (CosineClassifier, ModulatedAttention, OLTRNetwork, class_centroids,
                          discriminative_centroid_loss, enter_memory_stage, meta_embedding, oltr_network)
@@ -145,13 +145,8 @@ def test_oltr_two_stages_resume_in_stage2_and_predict(feature_recipe, monkeypatc
 
 
 @pytest.mark.parametrize("loss", LOSS_NAMES)
-def test_oltr_runs_with_every_loss(feature_recipe, loss):
-    try:
-        build_loss(loss, [3, 2, 1], 4, backend="torch")
-        extra = {"loss_args": {"backend": "torch"}}  # the fused kernel is test_fused's
-    except TypeError:
-        extra = {}
-    over = feature_recipe("run", head="oltr", epochs=1, stage2_epochs=1, loss=loss, **extra)
+def test_oltr_runs_with_every_loss(feature_recipe, loss, torch_path):
+    over = feature_recipe("run", head="oltr", epochs=1, stage2_epochs=1, loss=loss, **torch_path(loss))
     res = train(load_config(None, over), progress=False)
     assert np.isfinite(res["mAP"]["total"])
 
