@@ -135,14 +135,17 @@ class LabelStats:
 
         Entries equal to ``ignore_index`` (if given) count as neither positive nor negative.
         """
-        pos = label_masks(labels, ignore_index, allow_empty=False)[0].cpu().numpy().astype(np.int64)
+        pos = label_masks(labels, ignore_index, allow_empty=False)[0].cpu().numpy()
         n, c = pos.shape
         names = list(class_names) if class_names is not None else [f"class_{k}" for k in range(c)]
+        # the co-occurrence counts through BLAS in float64 (exact: every count is at most N < 2^53); numpy's
+        # integer matmul has no BLAS and took 80 s for 22,500 x 500 labels
+        pos64 = pos.astype(np.float64)
         return cls(
             class_names=names,
-            class_freq=pos.sum(0),
+            class_freq=pos.sum(0, dtype=np.int64),
             num_samples=n,
-            cooccurrence=pos.T @ pos,
+            cooccurrence=np.rint(pos64.T @ pos64).astype(np.int64),
             head_min=head_min,
             tail_max=tail_max,
         )
