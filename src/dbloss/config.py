@@ -30,7 +30,7 @@ from dbloss.stats import DEFAULT_HEAD_MIN, DEFAULT_TAIL_MAX
 
 __all__ = ["TrainConfig", "load_config", "list_recipes", "recipe_dir", "save_config", "saved_config_matches"]
 
-DatasetKind = Literal["demo", "voc", "coco", "coco-json", "csv", "reuters", "features"]
+DatasetKind = Literal["demo", "voc", "coco", "coco-json", "csv", "reuters", "features", "text-csv"]
 
 
 @dataclass
@@ -45,13 +45,24 @@ class TrainConfig:
     # data
     dataset: DatasetKind = "demo"
     data_root: str | None = None  # VOCdevkit / COCO root / demo data folder / Reuters SGML folder
-    train_ann: str | None = None  # coco-json / csv / features: training annotation or feature file
+    train_ann: str | None = None  # coco-json / csv / features / text-csv: training annotation or feature file
     test_ann: str | None = None
+    # features: the labels of a sparse feature file (scipy.sparse.save_npz holds no labels): a .npy / .npz
+    # (`labels`, optional `class_names`) or a CSV of 0/1 columns; null: looked for beside the feature file
+    train_labels: str | None = None
+    test_labels: str | None = None
+    # text-csv: the column holding each document's text, and its labels: a column of label lists joined by
+    # `label_sep` (null: every column but the text and `id` is one 0/1 column per class)
+    text_column: str = "text"
+    label_column: str | None = None
+    label_sep: str = ";"
     train_images: str | None = None  # image folder for coco-json / csv
     test_images: str | None = None
     subset: str | None = None  # an image-id list (e.g. the published VOC-MLT / COCO-MLT lists)
     use_difficult: bool = True  # VOC: count "difficult" objects as positives (the original work does)
-    val_size: int = 0  # hold out this many training samples for threshold selection (0: none)
+    # hold out this many training samples (an int), or this fraction of them (a float in (0, 1)), as the
+    # validation split that thresholds, keep_best / patience and `dbloss tune` are chosen on (0: none)
+    val_size: int | float = 0
     image_size: int = 224
     augment: bool = True  # the paper's training augmentation (off: plain resize, as for evaluation)
     photometric: bool = True  # its photometric distortion (brightness, contrast, saturation, hue)
@@ -89,6 +100,10 @@ class TrainConfig:
     loss_args: dict[str, Any] = field(default_factory=dict)
     sampler: Literal["random", "class-aware"] = "class-aware"
     num_samples_cls: int = 1
+    # the class-aware epoch: "data" draws as many samples as the training split holds, so that `epochs`,
+    # `lr_steps` and warm-up mean the same on 14 classes and on 5,000; "paper" draws the original work's
+    # int(max class count x classes / sampler_reduce) (the VOC-MLT / COCO-MLT / demo recipes keep it)
+    sampler_epoch: Literal["data", "paper"] = "data"
     sampler_reduce: int = 4
     head_min: int = DEFAULT_HEAD_MIN
     tail_max: int = DEFAULT_TAIL_MAX
@@ -121,8 +136,13 @@ class TrainConfig:
     # per-class thresholds (chosen on the val split for each class's F1, stored in the checkpoint and used
     # by predict): a class with fewer validation positives than this keeps the global threshold
     min_val_positives: int = 5
-    keep_best: bool = False  # score the val split after every epoch; test the epoch with the best val micro-F1
-    patience: int = 0  # with keep_best: stop after this many epochs without a better val micro-F1 (0: never)
+    keep_best: bool = False  # score the val split after every epoch; test the epoch with the best `monitor`
+    patience: int = 0  # with keep_best: stop after this many epochs without a better `monitor` (0: never)
+    monitor: Literal["mAP", "micro_f1"] = "mAP"  # the validation score keep_best / patience / tune follow
+    # a run whose outputs collapse to one constant (the same scores for every sample: a dead network) stops
+    # with the likely cause and the fix ("stop"), or only warns ("warn"); a loss that does not fall and a
+    # validation mAP at chance level are always warned about ("off": no checks). A non-finite loss always stops.
+    health: Literal["stop", "warn", "off"] = "stop"
     eval_batch_size: int = 64
     log_interval: int = 10
     tensorboard: bool = True
@@ -130,12 +150,14 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Check types and value ranges; raise ``ValueError`` naming the field."""
         for name, hint in typing.get_type_hints(TrainConfig).items():
-            setattr(self, name, _coerce(name, hint, getattr(self, name)))
+            if name != "val_size":  # a count or a fraction: _val_size checks it
+                setattr(self, name, _coerce(name, hint, getattr(self, name)))
         positive = ("epochs", "batch_size", "eval_batch_size", "image_size", "num_samples_cls", "sampler_reduce")
         for f in positive:
             if getattr(self, f) < 1:
                 raise ValueError(f"Expected `{f}` >= 1, but got {getattr(self, f)!r}")
-        for f in ("lr", "weight_decay", "momentum", "warmup_iters", "dropout", "val_size"):
+        self.val_size = _val_size(self.val_size)
+        for f in ("lr", "weight_decay", "momentum", "warmup_iters", "dropout"):
             if getattr(self, f) < 0:
                 raise ValueError(f"Expected `{f}` >= 0, but got {getattr(self, f)!r}")
         if self.sampler not in ("random", "class-aware"):
@@ -182,6 +204,8 @@ class TrainConfig:
     def _validate_methods(self) -> None:
         """The heads (ML-GCN, OLTR, BBN) and the second stage (their fields are read only when enabled)."""
         for name, valid in (("head", ("linear", "ml-gcn", "oltr", "bbn")),
+                            ("sampler_epoch", ("data", "paper")), ("monitor", ("mAP", "micro_f1")),
+                            ("health", ("stop", "warn", "off")),
                             ("decoupling", ("none", "crt", "lws", "tau-norm")),
                             ("stage2_sampler", ("random", "class-aware")),
                             ("bbn_sampler", ("reversed", "class-aware"))):
@@ -226,6 +250,22 @@ class TrainConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _val_size(value: Any) -> int | float:
+    """``val_size`` checked: a count (int >= 0) or a fraction (float in (0, 1)); a float that is a
+    whole number (YAML's ``1000.0``) is a count.
+
+    >>> _val_size(0.1), _val_size(1000), _val_size(1000.0)
+    (0.1, 1000, 1000)
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"Expected `val_size` to be a count (int >= 0) or a fraction in (0, 1), but got {value!r}")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if value < 0 or (isinstance(value, float) and not 0.0 < value < 1.0):
+        raise ValueError(f"Expected `val_size` to be a count (int >= 0) or a fraction in (0, 1), but got {value!r}")
+    return value
 
 
 def _coerce(name: str, hint: Any, value: Any) -> Any:
@@ -376,7 +416,7 @@ def save_config(cfg: TrainConfig, path: str | Path) -> None:
 
 #: Fields that only text datasets read: an image run is the same run whatever they say.
 _TEXT_FIELDS = ("text_features", "tfidf_max_features")
-_TEXT_DATASETS = ("reuters",)
+_TEXT_DATASETS = ("reuters", "text-csv")
 
 
 def saved_config_matches(cfg: TrainConfig, path: str | Path) -> bool:

@@ -22,9 +22,13 @@ from dbloss.data.features import FeatureDataset, load_feature_file
 from dbloss.data.table import MultiLabelSet
 from dbloss.errors import UsageError
 
-__all__ = ["DataBundle", "build_data", "eval_view", "prepare_data", "read_tables", "text_vectorizer"]
+__all__ = ["FEATURE_DATASETS", "DataBundle", "build_data", "eval_view", "holdout_count", "prepare_data", "read_tables",
+           "text_vectorizer"]
 
 log = logging.getLogger(__name__)
+
+#: The datasets whose inputs are feature vectors (precomputed, or TF-IDF of text), not images.
+FEATURE_DATASETS: tuple[str, ...] = ("features", "reuters", "text-csv")
 
 
 @dataclass
@@ -105,11 +109,24 @@ def read_tables(cfg: TrainConfig) -> tuple[MultiLabelSet, MultiLabelSet]:
     return train, test
 
 
-def _holdout(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    if val_size >= n:
+def holdout_count(n: int, val_size: int | float) -> int:
+    """How many of ``n`` training samples ``val_size`` holds out: a count as it is, a fraction
+    rounded (at least one sample, at most ``n - 1``).
+
+    >>> holdout_count(1000, 0.1), holdout_count(1000, 300), holdout_count(5, 0.01)
+    (100, 300, 1)
+    """
+    if isinstance(val_size, float):
+        return min(max(1, round(val_size * n)), n - 1)
+    return int(val_size)
+
+
+def _holdout(n: int, val_size: int | float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    count = holdout_count(n, val_size)
+    if count >= n:
         raise ValueError(f"Expected val_size < number of training samples ({n}), but got {val_size}")
     perm = np.random.default_rng(seed).permutation(n)
-    return np.sort(perm[val_size:]), np.sort(perm[:val_size])
+    return np.sort(perm[count:]), np.sort(perm[:count])
 
 
 def build_data(cfg: TrainConfig) -> DataBundle:
@@ -118,6 +135,8 @@ def build_data(cfg: TrainConfig) -> DataBundle:
         return _build_reuters(cfg)
     if cfg.dataset == "features":
         return _build_features(cfg)
+    if cfg.dataset == "text-csv":
+        return _build_text_csv(cfg)
     from dbloss.data.images import MultiLabelImageDataset
     from dbloss.data.transforms import eval_transform, train_transform
 
@@ -149,23 +168,63 @@ def eval_view(ds: Dataset, cfg: TrainConfig) -> Dataset:
 
 
 def _build_features(cfg: TrainConfig) -> DataBundle:
+    """``dataset=features``: :func:`~dbloss.data.features.load_feature_file` on ``train_ann`` / ``test_ann``
+    (dense, or sparse kept sparse), labels from ``train_labels`` / ``test_labels`` when set."""
     if not cfg.train_ann or not cfg.test_ann:
         raise ValueError("dataset='features' needs `train_ann` and `test_ann` (.npz feature files)")
-    xtr, ytr, names = load_feature_file(cfg.train_ann)
-    xte, yte, names_te = load_feature_file(cfg.test_ann)
+    xtr, ytr, names = load_feature_file(cfg.train_ann, cfg.train_labels, labels_field="train_labels")
+    xte, yte, names_te = load_feature_file(cfg.test_ann, cfg.test_labels, labels_field="test_labels")
     if xtr.shape[1] != xte.shape[1] or ytr.shape[1] != yte.shape[1]:
         raise ValueError(f"train and test feature files disagree: features {xtr.shape} vs {xte.shape}, "
                          f"labels {ytr.shape} vs {yte.shape}")
+    if names and names_te and names != names_te:
+        raise ValueError(f"train and test class names differ: {names[:5]}... vs {names_te[:5]}...")
     names = names or names_te or [f"class_{k}" for k in range(ytr.shape[1])]
     train = MultiLabelSet([str(i) for i in range(len(ytr))], ytr, names)  # validates the labels
     test = MultiLabelSet([str(i) for i in range(len(yte))], yte, names)
     val = None
     if cfg.val_size:
         tr_idx, va_idx = _holdout(len(train), cfg.val_size, cfg.seed)
-        val = FeatureDataset(xtr[va_idx], train.labels[va_idx])
+        val = FeatureDataset(xtr[va_idx], train.labels[va_idx])  # a CSR matrix's rows stay sparse
         xtr, train = xtr[tr_idx], train.subset(tr_idx)
     return DataBundle(FeatureDataset(xtr, train.labels), FeatureDataset(xte, test.labels), val,
                       train.labels, names, xtr.shape[1])
+
+
+def _require_positives(table: MultiLabelSet, where: str) -> None:
+    """Raise ``UsageError`` naming the classes without a positive in the training split ``table``."""
+    empty = table.stats().empty_classes()
+    if empty:
+        shown = ", ".join(repr(c) for c in empty[:10]) + (", ..." if len(empty) > 10 else "")
+        raise UsageError(f"{len(empty)} class(es) have no positive in the training split of {where}: {shown}; "
+                         f"a class must have at least one training document (remove its column, or lower `val_size`)")
+
+
+def _build_text_csv(cfg: TrainConfig) -> DataBundle:
+    """``dataset=text-csv``: documents from ``train_ann`` / ``test_ann`` (:func:`~dbloss.data.text.read_text_csv`),
+    TF-IDF features as for Reuters, fitted on the training split (after the ``val_size`` hold-out)."""
+    from dbloss.data.text import read_text_csv
+
+    for f in ("train_ann", "test_ann"):
+        if not getattr(cfg, f):
+            raise ValueError(f"dataset='text-csv' needs `{f}` (a CSV file of documents)")
+    read = lambda path, classes: read_text_csv(path, text_column=cfg.text_column,  # noqa: E731
+                                                label_column=cfg.label_column, label_sep=cfg.label_sep,
+                                                classes=classes)
+    train = read(cfg.train_ann, None)
+    test = read(cfg.test_ann, train.class_names)
+    val = None
+    if cfg.val_size:
+        tr_idx, va_idx = _holdout(len(train), cfg.val_size, cfg.seed)
+        train, val = train.subset(tr_idx), train.subset(va_idx)
+    _require_positives(train, str(cfg.train_ann))
+    vec = text_vectorizer(cfg.text_features, cfg.tfidf_max_features)
+    xtr = vec.fit_transform(train.texts)  # fitted on the training split only
+    log.info("text-csv: %d train / %d test documents%s, %d classes, %d TF-IDF terms", len(train), len(test),
+             f" / {len(val)} validation" if val is not None else "", train.num_classes, xtr.shape[1])
+    make = lambda table: FeatureDataset(vec.transform(table.texts), table.labels)  # noqa: E731
+    return DataBundle(FeatureDataset(xtr, train.labels), make(test), None if val is None else make(val),
+                      train.labels, list(train.class_names), xtr.shape[1])
 
 
 def text_vectorizer(kind: str = "huang", max_features: int | None = None) -> Any:
