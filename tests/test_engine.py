@@ -35,7 +35,8 @@ def feature_files(tmp_path: Path) -> tuple[Path, Path]:
 def feature_overrides(train_f: Path, test_f: Path, out: Path, **extra: object) -> list[str]:
     base = {"dataset": "features", "train_ann": str(train_f), "test_ann": str(test_f), "out_dir": str(out),
             "neck_dim": 0, "epochs": 3, "batch_size": 32, "lr": 0.05, "warmup_iters": 10, "lr_steps": [0.6],
-            "workers": 0, "tensorboard": False, "device": "cpu", "loss": "db-focal", "sampler": "class-aware"}
+            "workers": 0, "tensorboard": False, "device": "cpu", "loss": "db-focal", "sampler": "class-aware",
+            "sampler_epoch": "paper"}  # the class-aware epoch these tests were written for
     base.update(extra)
     return [f"{k}={json.dumps(v)}" for k, v in base.items()]
 

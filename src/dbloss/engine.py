@@ -28,7 +28,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -37,9 +37,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from dbloss.bbn import PairedDataset, PairedSampler, bbn_loss, bbn_network, cumulative_alpha
 from dbloss.config import TrainConfig, load_config, save_config
+from dbloss.data.features import collate_features
 from dbloss.decoupling import ScaledLinear, enter_stage2, trainable_parameters
 from dbloss.distributed import DistEnv, barrier, gather_predictions, init_distributed
-from dbloss.errors import NonFiniteLossError, UsageError
+from dbloss.errors import NonFiniteLossError, TrainingCollapsedError, UsageError
+from dbloss.health import chance_map, chance_message, collapse_message, non_finite_advice, stalled_loss_message
 from dbloss.files import jsonable, load_checkpoint, save_checkpoint, write_json, write_text
 from dbloss.losses import build_loss
 from dbloss.metrics import f1_scores, mean_average_precision, nanmean, summarize
@@ -149,12 +151,13 @@ def schedule_warnings(cfg: TrainConfig, num_train: int, iters_per_epoch: int, sa
     out = _step_warnings(cfg, steps) + _warmup_warnings(cfg, steps, iters_per_epoch)
     if cfg.batch_size > num_train:
         out.append(f"batch_size={cfg.batch_size} is larger than the {num_train} training samples")
-    if cfg.sampler == "class-aware":
+    if cfg.sampler == "class-aware" and cfg.sampler_epoch == "paper":
         ratio = samples_per_epoch / max(num_train, 1)
         if ratio > 16 or ratio < 0.25:
             out.append(f"a class-aware epoch draws {samples_per_epoch} samples, {ratio:.2g}x the {num_train} training "
-                       f"samples (max class count x classes / sampler_reduce={cfg.sampler_reduce}): every "
-                       f"epoch-based setting (epochs, lr_steps) is stretched by that factor; adjust `sampler_reduce`")
+                       f"samples (sampler_epoch=paper: max class count x classes / sampler_reduce="
+                       f"{cfg.sampler_reduce}): every epoch-based setting (epochs, lr_steps) is stretched by that "
+                       f"factor; sampler_epoch=data draws as many samples as the training split holds")
     return out
 
 
@@ -193,9 +196,11 @@ def _loader(ds: Any, batch_size: int, sampler: Any, cfg: TrainConfig, device: to
             generator: torch.Generator | None = None, drop_last: bool = False) -> DataLoader:
     workers = _num_workers(cfg, device)
     pin = cfg.pin_memory if cfg.pin_memory is not None else device.type == "cuda"
+    # collate_features: a feature dataset's batch as fetched in one go (FeatureDataset.__getitems__), without
+    # default_collate's second copy; any other batch goes to default_collate
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin,
                       persistent_workers=cfg.persistent_workers and workers > 0, drop_last=drop_last,
-                      generator=generator)
+                      generator=generator, collate_fn=collate_features)
 
 
 def _train_loader(cfg: TrainConfig, data: DataBundle, env: DistEnv,
@@ -225,9 +230,10 @@ def _train_loader(cfg: TrainConfig, data: DataBundle, env: DistEnv,
 
 def _train_sampler(cfg: TrainConfig, data: DataBundle, env: DistEnv) -> Any:
     """The recipe's training sampler (``cfg.sampler``), this rank's part of it."""
-    if cfg.sampler == "class-aware":
+    if cfg.sampler == "class-aware":  # sampler_epoch "data": an epoch as long as the training split
+        length = len(data.train) if cfg.sampler_epoch == "data" else None
         return ClassAwareSampler(data.train_labels, num_samples_cls=cfg.num_samples_cls, reduce=cfg.sampler_reduce,
-                                 seed=cfg.seed, num_replicas=env.world_size, rank=env.rank)
+                                 seed=cfg.seed, num_replicas=env.world_size, rank=env.rank, epoch_length=length)
     return DistributedSampler(data.train, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=cfg.seed)
 
 
@@ -552,15 +558,68 @@ class _TrainState:
     iteration: int = 0
     best: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "micro_f1": -1.0})
     stage: int = 1  # the stage the model is in (2: decoupling's classifier stage, dbloss.decoupling)
+    losses: list[float] = field(default_factory=list)  # this stage's epoch losses (this process's; dbloss.health)
+    health: dict[str, str] = field(default_factory=dict)  # what dbloss.health found, by kind (each reported once)
 
 
-def _raise_if_non_finite(first_bad: torch.Tensor, epoch: int, checkpoint: Path) -> None:
+#: Training samples whose scores the collapse check looks at after every epoch.
+_PROBE_SAMPLES = 64
+
+
+@torch.no_grad()
+def _probe_scores(model: nn.Module, data: DataBundle, cfg: TrainConfig, device: torch.device) -> torch.Tensor:
+    """(P, C) sigmoid scores of P evenly spaced training samples (evaluation transform, the model in
+    eval mode): what the collapse check reads. No loader and no random state is used, so a run
+    with the check trains exactly as one without it."""
+    ds = eval_view(data.train, cfg)
+    n = min(_PROBE_SAMPLES, len(ds))
+    xs = torch.stack([torch.as_tensor(ds[int(i)][0]) for i in torch.linspace(0, len(ds) - 1, n).round().long()])
+    model.eval()
+    with _autocast(cfg, device):
+        logits = model(_inputs(xs, cfg, device))
+    return torch.sigmoid(logits.float()).cpu()
+
+
+def _report_health(kind: str, message: str, state: _TrainState, runlog: _RunLog, env: DistEnv) -> None:
+    """Record a finding of :mod:`dbloss.health` (once per kind): a warning, ``log.jsonl``, ``metrics.json``."""
+    if kind in state.health:
+        return
+    state.health[kind] = message
+    runlog.write(type="health", kind=kind, epoch=state.epoch, message=message)
+    if env.is_main:
+        log.warning("%s", message)
+
+
+def _check_health(model: nn.Module, data: DataBundle, cfg: TrainConfig, device: torch.device, env: DistEnv,
+                  state: _TrainState, runlog: _RunLog, val: dict[str, Any] | None) -> None:
+    """After an epoch (:mod:`dbloss.health`): a collapsed model stops the run (``health=stop``) or is
+    warned about; a loss that does not fall and a validation mAP at chance are warned about."""
+    if cfg.health == "off":
+        return
+    advice = {"lr": cfg.lr, "optimizer": cfg.optimizer, "weight_decay": cfg.weight_decay}
+    collapsed = collapse_message(_probe_scores(model, data, cfg, device), epoch=state.epoch, **advice)
+    if collapsed is not None:
+        if cfg.health == "stop":
+            runlog.write(type="health", kind="collapse", epoch=state.epoch, message=collapsed)
+            raise TrainingCollapsedError(f"{collapsed} (health=warn goes on training instead)")
+        _report_health("collapse", collapsed, state, runlog, env)
+    stalled = stalled_loss_message(state.losses, **advice)
+    if stalled is not None:
+        _report_health("stalled_loss", stalled, state, runlog, env)
+    if val is not None and len(state.losses) >= 2:
+        at_chance = chance_message(val["mAP"], chance_map(_targets(data.val)), epoch=state.epoch, **advice)
+        if at_chance is not None:
+            _report_health("chance", at_chance, state, runlog, env)
+
+
+def _raise_if_non_finite(first_bad: torch.Tensor, epoch: int, checkpoint: Path, cfg: TrainConfig) -> None:
     """``first_bad``: (iteration, loss) of the first non-finite loss, iteration -1 while there is none."""
     it, value = first_bad.tolist()  # a host synchronisation: called at the log interval and at the end of the epoch
     if it >= 0:
         last = str(checkpoint) if checkpoint.is_file() else "none (no epoch has finished yet)"
         raise NonFiniteLossError(f"non-finite loss ({value}) at epoch {epoch + 1}, iteration {int(it)} (global); "
-                                 f"last good checkpoint: {last}")
+                                 f"last good checkpoint: {last}; "
+                                 f"{non_finite_advice(cfg.lr, cfg.optimizer, cfg.grad_clip)}")
 
 
 def _step_loss(net: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
@@ -624,7 +683,7 @@ def train_one_epoch(net: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.O
         loss_sum += value.to(acc)
         n_it += 1
         if it % cfg.log_interval == 0:  # the one host synchronisation of the step (nanoGPT keeps the same)
-            _raise_if_non_finite(first_bad, epoch, checkpoint)
+            _raise_if_non_finite(first_bad, epoch, checkpoint, cfg)
             value_f = float(value)
             if show and hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{value_f:.4f}", lr=f"{lr:.2e}")  # type: ignore[attr-defined]
@@ -632,7 +691,7 @@ def train_one_epoch(net: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.O
             runlog.scalar("train/loss", value_f, it)
             runlog.scalar("train/lr", lr, it)
         it += 1
-    _raise_if_non_finite(first_bad, epoch, checkpoint)
+    _raise_if_non_finite(first_bad, epoch, checkpoint, cfg)
     return it, {"type": "epoch", "epoch": epoch + 1, "iterations": n_it, "loss": float(loss_sum) / max(n_it, 1),
                 "seconds": round(time.perf_counter() - t0, 2)}
 
@@ -723,27 +782,29 @@ def _start_run_dir(out: Path, cfg: TrainConfig, fresh: bool) -> None:
 
 
 def _validate_epoch(model: nn.Module, data: DataBundle, stats: LabelStats, cfg: TrainConfig, device: torch.device,
-                    env: DistEnv, state: _TrainState, runlog: _RunLog, best_path: Path) -> None:
-    """keep_best: validate the epoch just trained and save it as ``best.pt`` when it is the best so far."""
+                    env: DistEnv, state: _TrainState, runlog: _RunLog, best_path: Path) -> dict[str, Any]:
+    """keep_best: validate the epoch just trained and save it as ``best.pt`` when its ``cfg.monitor``
+    (validation mAP or micro-F1) is the best so far; returns the epoch's validation scores."""
     val = validation_scores(model, data, cfg, device, env)
     runlog.write(type="val", epoch=state.epoch, **val)
-    if val["micro_f1"] > state.best["micro_f1"]:  # ties keep the earlier epoch
+    if val[cfg.monitor] > state.best.get(cfg.monitor, -1.0):  # ties keep the earlier epoch
         state.best = {"epoch": state.epoch, **val}
         if env.is_main:  # evaluate_checkpoint reads this file as it reads checkpoint.pt
             save_checkpoint(best_path, {"model": model.state_dict(), "epoch": state.epoch, "val": val,
                                         "config": cfg.to_dict(), "label_stats": stats.to_dict()})
     if env.is_main:
-        log.info("epoch %d/%d: validation micro-F1 %.4f (best: epoch %d, %.4f)", state.epoch, cfg.epochs,
-                 val["micro_f1"], state.best["epoch"], state.best["micro_f1"])
+        log.info("epoch %d/%d: validation %s %.4f (best: epoch %d, %.4f)", state.epoch, cfg.epochs, cfg.monitor,
+                 val[cfg.monitor], state.best["epoch"], state.best[cfg.monitor])
+    return val
 
 
 def _stops_early(cfg: TrainConfig, state: _TrainState, runlog: _RunLog, env: DistEnv) -> bool:
-    """patience: no better validation micro-F1 for ``patience`` epochs (every rank sees the same scores)."""
+    """patience: no better validation ``cfg.monitor`` for ``patience`` epochs (every rank sees the same scores)."""
     if not (cfg.patience and state.epoch - state.best["epoch"] >= cfg.patience):
         return False
     if env.is_main:
-        log.info("early stop after epoch %d: no better validation micro-F1 for %d epochs (best: epoch %d)",
-                 state.epoch, cfg.patience, state.best["epoch"])
+        log.info("early stop after epoch %d: no better validation %s for %d epochs (best: epoch %d)",
+                 state.epoch, cfg.monitor, cfg.patience, state.best["epoch"])
     runlog.write(type="early_stop", epoch=state.epoch, best_epoch=state.best["epoch"])
     return True
 
@@ -755,8 +816,8 @@ def _best_validated(model: nn.Module, cfg: TrainConfig, state: _TrainState, best
         return None
     model.load_state_dict(load_checkpoint(best_path, map_location=device)["model"])
     if env.is_main:
-        log.info("testing epoch %d, the best on validation (micro-F1 %.4f)", state.best["epoch"],
-                 state.best["micro_f1"])
+        log.info("testing epoch %d, the best on validation (%s %.4f)", state.best["epoch"], cfg.monitor,
+                 state.best[cfg.monitor])
     return {k: state.best[k] for k in ("micro_f1", "macro_f1", "mAP", "threshold", "per_class_thresholds")
             if k in state.best}
 
@@ -797,6 +858,12 @@ def _finish(model: nn.Module, data: DataBundle, stats: LabelStats, cfg: TrainCon
     res, scores, targets = _test(model, data, stats, cfg, device, env, val=best_val)
     if cfg.keep_best:
         res["best_epoch"], res["epochs_run"] = state.best["epoch"], state.epoch
+    if best_val is None and "val" in res and cfg.health != "off":  # the final model, on the validation split
+        at_chance = chance_message(res["val"]["mAP"], chance_map(_targets(data.val)), epoch=state.epoch,
+                                   lr=cfg.lr, optimizer=cfg.optimizer, weight_decay=cfg.weight_decay)
+        if at_chance is not None:
+            _report_health("chance", at_chance, state, runlog, env)
+    res["health"] = list(state.health.values())
     if env.is_main:
         _write_results(out, res, scores, targets)
         _store_thresholds(out, res)
@@ -807,9 +874,14 @@ def _finish(model: nn.Module, data: DataBundle, stats: LabelStats, cfg: TrainCon
     return res
 
 
-def train(cfg: TrainConfig, *, resume: bool | str = False, overwrite: bool = False,
-          progress: bool = True) -> dict[str, Any]:
+def train(cfg: TrainConfig, *, resume: bool | str = False, overwrite: bool = False, progress: bool = True,
+          on_epoch: Callable[[int, dict[str, Any]], None] | None = None, test: bool = True) -> dict[str, Any]:
     """Train and evaluate a recipe; returns the final metrics (as written to ``metrics.json``).
+
+    After every epoch the run's health is checked (:mod:`dbloss.health`): a model whose outputs
+    collapsed stops the run with :class:`dbloss.errors.TrainingCollapsedError` (``health=stop``),
+    a loss that does not fall or a validation mAP at chance is warned about; a non-finite loss
+    raises :class:`dbloss.errors.NonFiniteLossError`. Both messages name the fix.
 
     Args:
         cfg: the resolved recipe.
@@ -817,6 +889,11 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, overwrite: bool = Fal
         overwrite: replace the run that ``out_dir`` holds; without it (or ``resume``), a folder
             holding a run (:data:`RUN_FILES`) is refused, so a repeated command loses nothing.
         progress: show a per-iteration progress bar (rank 0 only).
+        on_epoch: with ``keep_best``, called after every epoch as ``on_epoch(epoch, val)`` with the
+            epoch's validation scores (:func:`validation_scores`); what :mod:`dbloss.tune` reports to
+            its pruner (an exception it raises ends the run).
+        test: ``False`` trains without touching the test split (a tuning trial) and returns
+            ``{"best": the best validated epoch and its scores, "epochs_run", "health"}``.
     """
     env = init_distributed(cfg.device)
     device = resolve_device(cfg.device, env)
@@ -854,6 +931,7 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, overwrite: bool = Fal
         scfg = stage.cfg
         net = _wrap(model, scfg, env, device)
         sampler, loader_gen, loader = _train_loader(scfg, data, env, device)
+        state.losses = []
         for epoch in range(state.epoch - stage.first_epoch, scfg.epochs):  # epochs counted within the stage
             if cfg.patience and state.best["epoch"] and epoch - state.best["epoch"] >= cfg.patience:
                 break  # resumed after an early stop
@@ -863,17 +941,26 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, overwrite: bool = Fal
                                                        epoch, state.iteration, runlog, checkpoint=ckpt_path,
                                                        show=progress and env.is_main)
             state.epoch = stage.first_epoch + epoch + 1
+            state.losses.append(summary["loss"])
             runlog.write(**summary, **({"stage": stage.number} if len(stages) > 1 else {}))
             if env.is_main:
                 log.info("%sepoch %d/%d: loss %.4f (%d iterations, %.1f s)", f"stage {stage.number} " if len(stages) > 1
                          else "", epoch + 1, scfg.epochs, summary["loss"], summary["iterations"], summary["seconds"])
-            if cfg.keep_best:
-                _validate_epoch(model, data, stats, cfg, device, env, state, runlog, best_path)
+            val = _validate_epoch(model, data, stats, cfg, device, env, state, runlog, best_path) \
+                if cfg.keep_best else None
+            _check_health(model, data, scfg, device, env, state, runlog, val)
             if env.is_main:
                 save_checkpoint(ckpt_path, _training_checkpoint(model, optimizer, scaler, state, cfg, stats, device))
             barrier(env)
+            if on_epoch is not None and val is not None:
+                on_epoch(state.epoch, val)
             if _stops_early(cfg, state, runlog, env):
                 break
+    if not test:  # a tuning trial: the best validated epoch, or the last one scored on validation
+        best = state.best if cfg.keep_best or data.val is None else \
+            {"epoch": state.epoch, **validation_scores(model, data, cfg, device, env)}
+        runlog.close()
+        return {"best": best, "epochs_run": state.epoch, "health": list(state.health.values())}
     return _finish(model, data, stats, cfg, device, env, state, runlog)
 
 

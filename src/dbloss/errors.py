@@ -7,12 +7,21 @@
 
 from __future__ import annotations
 
-__all__ = ["NonFiniteLossError", "UsageError"]
+__all__ = ["NonFiniteLossError", "TrainingCollapsedError", "TrainingFailedError", "UsageError"]
 
 
 class UsageError(ValueError):
     """Bad input from the user: the message names the setting, file or flag and what was expected."""
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the message names the iteration and the last good checkpoint."""
+class TrainingFailedError(RuntimeError):
+    """A run that cannot give a useful model (:mod:`dbloss.health`): the message names what went
+    wrong, the likely cause and the fix; the CLI reports it as ``error: ...`` (exit code 2)."""
+
+
+class NonFiniteLossError(TrainingFailedError):
+    """The loss became NaN or infinite; the message names the iteration, the last good checkpoint and the fix."""
+
+
+class TrainingCollapsedError(TrainingFailedError):
+    """The model's outputs collapsed to one constant (``health=stop``); the message names the fix."""
