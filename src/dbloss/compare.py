@@ -17,8 +17,16 @@ run whose saved configuration equals the resolved one (so an interrupted call co
 ``dbloss demo`` (:func:`run_demo`) runs the ``configs/demo`` rows (``--setting scratch``:
 ``configs/demo_scratch``) and can write its table into the README; ``dbloss reproduce voc-mlt``
 (:func:`reproduce`) runs every row of the paper's comparison that has a recipe, on VOC-MLT or
-COCO-MLT (or ``demo`` with the built-in data). Under ``torchrun`` every rank trains (each run
-uses all GPUs) and rank 0 writes.
+COCO-MLT (or ``demo`` with the built-in data); ``dbloss reproduce reuters`` / ``features`` run
+the rows of :data:`BENCHMARK_ROWS` on Reuters-21578 or on the user's feature files. Under
+``torchrun`` every rank trains (each run uses all GPUs) and rank 0 writes.
+
+In a folder whose recipes read features (its ``_base`` recipe's dataset is one of
+:data:`dbloss.linear_baseline.FEATURE_DATASETS`) one more row is available, :data:`LOGREG_ROW`:
+one scikit-learn logistic regression per class on the same features, its ``C`` and class weight
+chosen on validation (:func:`dbloss.linear_baseline.train_logistic_regression`), configured by
+the ``_base`` recipe with the seed. A folder may be a shipped one (``reuters``) or a directory
+of recipe files (``my_recipes/``, with a ``_base.yaml`` for the ``logreg`` row).
 """
 
 from __future__ import annotations
@@ -33,15 +41,14 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 
-from dbloss.config import TrainConfig, list_recipes, load_config, saved_config_matches
+from dbloss.config import TrainConfig, list_recipes, load_config, recipe_dir, saved_config_matches
 from dbloss.engine import train
 from dbloss.files import write_json, write_text
 from dbloss.tables import format_mean_sd, seed_table
 
-__all__ = ["ALL_DEMO_RECIPES", "BENCHMARKS", "DEFAULT_DEMO_RECIPES", "EXTRA_ROWS", "INCREMENT_STEPS", "PAPER_ROWS",
-           "PUBLISHED",
-           "PUBLISHED_SOURCES", "SETTINGS", "reproduce", "run_comparison", "run_demo", "run_recipe_seeds", "update_marked_block",
-           "write_comparison"]
+__all__ = ["ALL_DEMO_RECIPES", "BENCHMARKS", "BENCHMARK_ROWS", "DEFAULT_DEMO_RECIPES", "EXTRA_ROWS", "INCREMENT_STEPS",
+           "LOGREG_ROW", "PAPER_ROWS", "PUBLISHED", "PUBLISHED_SOURCES", "SETTINGS", "reproduce", "run_comparison",
+           "run_demo", "run_logreg_seeds", "run_recipe_seeds", "update_marked_block", "write_comparison"]
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +67,15 @@ PAPER_ROWS: tuple[str, ...] = ("erm", "rw", "focal", "rs", "ml_gcn", "oltr", "cb
 #: The rows that ``rows=["all"]`` adds to the paper's: the methods it builds on and ASL.
 EXTRA_ROWS: tuple[str, ...] = ("crt", "bbn", "asl")
 #: ``dbloss reproduce`` benchmark -> recipe folder.
-BENCHMARKS: dict[str, str] = {"voc-mlt": "voc_mlt", "coco-mlt": "coco_mlt", "demo": "demo"}
+BENCHMARKS: dict[str, str] = {"voc-mlt": "voc_mlt", "coco-mlt": "coco_mlt", "demo": "demo", "reuters": "reuters",
+                              "features": "features"}
+#: The row of the per-class logistic-regression baseline, available in every folder whose recipes read features.
+LOGREG_ROW = "logreg"
+#: The default rows of the benchmarks that are not the paper's (those run :data:`PAPER_ROWS`).
+BENCHMARK_ROWS: dict[str, tuple[str, ...]] = {
+    "reuters": ("bce", "focal", "cb_focal", "r_focal", "ntr_focal", "db_focal", LOGREG_ROW),
+    "features": ("erm", "rs", "db_focal", LOGREG_ROW),
+}
 #: Published mAP (x100: total, head, medium, tail) per benchmark and row, and the source key of
 #: :data:`PUBLISHED_SOURCES`. "a" is the original release (the DB-Focal rows of the paper's
 #: Table 1); "b" re-prints Wu et al.'s baselines beside its own runs and says its numbers average
@@ -86,6 +101,29 @@ PUBLISHED_SOURCES: dict[str, str] = {
 }
 #: The paper's per-class AP increment figures: each step over the previous one.
 INCREMENT_STEPS: tuple[tuple[str, str], ...] = (("rs", "r_bce_focal"), ("r_bce_focal", "db_focal"))
+
+
+def _own_folder(folder: str) -> bool:
+    """Whether ``folder`` is a directory of the user's recipe files rather than a shipped folder name."""
+    shipped = not Path(folder).is_absolute() and (recipe_dir() / folder).is_dir()
+    return not shipped and Path(folder).is_dir()
+
+
+def _recipe(folder: str, name: str) -> str:
+    """The recipe of row ``name`` of ``folder``: a shipped recipe name (``reuters/bce``), or a file of
+    a directory of recipes that is not a shipped folder (``my_recipes/bce.yaml``)."""
+    return str(Path(folder) / f"{name}.yaml") if _own_folder(folder) else f"{folder}/{name}"
+
+
+def _reads_features(folder: str, overrides: Sequence[str] = ()) -> bool:
+    """Whether ``folder``'s ``_base`` recipe (with ``overrides``) reads precomputed features."""
+    from dbloss.linear_baseline import FEATURE_DATASETS
+
+    base = _recipe(folder, "_base")
+    try:
+        return load_config(base, list(overrides)).dataset in FEATURE_DATASETS
+    except (FileNotFoundError, ValueError):  # no _base recipe: no logreg row
+        return False
 
 
 def _reusable(cfg: TrainConfig) -> dict[str, Any] | None:
@@ -136,7 +174,13 @@ def update_marked_block(path: str | Path, marker: str, text: str) -> None:
 
 
 def _train_seconds(run_dir: Path) -> float | None:
-    """The training time of a run: the sum of its epochs' ``seconds`` in ``log.jsonl`` (None if absent)."""
+    """The training time of a run: the sum of its epochs' ``seconds`` in ``log.jsonl`` (None if absent);
+    a logistic-regression run's: its fit seconds (grid and refit) in ``logreg.json``."""
+    if (run_dir / "logreg.json").is_file():
+        try:
+            return float(json.loads((run_dir / "logreg.json").read_text())["seconds"]["total"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
     try:
         lines = (run_dir / "log.jsonl").read_text().splitlines()
     except OSError:
@@ -153,7 +197,50 @@ def _train_seconds(run_dir: Path) -> float | None:
 
 
 def _available(folder: str) -> list[str]:
-    return [n.split("/", 1)[1] for n in list_recipes() if n.startswith(f"{folder}/")]
+    if _own_folder(folder):
+        names = sorted(p.stem for p in Path(folder).glob("*.yaml") if not p.name.startswith("_"))
+    else:
+        names = [n.split("/", 1)[1] for n in list_recipes() if n.startswith(f"{folder}/")]
+    return names + ([LOGREG_ROW] if LOGREG_ROW not in names and _reads_features(folder) else [])
+
+
+def run_logreg_seeds(folder: str, seeds: Sequence[int], out: Path, overrides: Sequence[str] = (), *,
+                     progress: bool = True, reuse: bool = True,
+                     reused: list[str] | None = None) -> list[dict[str, Any]]:
+    """The :data:`LOGREG_ROW` of ``folder`` once per seed into ``out/seed<s>``: the folder's ``_base``
+    recipe with ``overrides``, the seed and ``name=logreg``, fitted by
+    :func:`dbloss.linear_baseline.train_logistic_regression` (finished runs with the same
+    configuration and grid are reused, and their folders appended to ``reused``); each run's metrics."""
+    from dbloss.linear_baseline import C_GRID, CLASS_WEIGHTS, FEATURE_DATASETS, train_logistic_regression
+
+    results = []
+    for seed in seeds:
+        cfg = load_config(_recipe(folder, "_base"),
+                          [*overrides, f"name={LOGREG_ROW}", f"seed={seed}", f"out_dir={out / f'seed{seed}'}"])
+        if cfg.dataset not in FEATURE_DATASETS:
+            raise ValueError(f"row {LOGREG_ROW!r} fits precomputed features, but {folder}/_base has "
+                             f"dataset={cfg.dataset!r} (expected one of {', '.join(FEATURE_DATASETS)})")
+        tag = f"[demo] {LOGREG_ROW} seed {seed}"
+        res = _reusable(cfg) if reuse else None
+        if res is not None:  # and fitted over today's grid
+            try:
+                fit = json.loads((Path(cfg.out_dir) / "logreg.json").read_text())
+            except (OSError, ValueError):
+                fit = {}
+            if fit.get("c_grid") != list(C_GRID) or fit.get("class_weights") != list(CLASS_WEIGHTS):
+                res = None
+        if res is not None:
+            print(f"{tag}: reused {cfg.out_dir} (mAP {100 * res['mAP']['total']:.2f})", flush=True)
+            if reused is not None:
+                reused.append(cfg.out_dir)
+        else:
+            t0 = time.perf_counter()
+            print(f"{tag}: fitting one logistic regression per class (C in {list(C_GRID)}, class_weight in "
+                  f"{list(CLASS_WEIGHTS)}, chosen on validation mAP)", flush=True)
+            res = train_logistic_regression(cfg, progress=progress, overwrite=True)  # not reusable: replaced
+            print(f"{tag}: mAP {100 * res['mAP']['total']:.2f} in {time.perf_counter() - t0:.0f} s", flush=True)
+        results.append(res)
+    return results
 
 
 def _resolve_rows(folder: str, names: Sequence[str], what: str) -> list[str]:
@@ -169,7 +256,9 @@ def run_comparison(folder: str, names: Sequence[str], seeds: Sequence[int], out:
                    reused: list[str] | None = None) -> list[dict[str, Any]]:
     """Train ``folder/<name>`` for every name and seed into ``out/<name>/seed<s>``; return one
     :func:`dbloss.report.seed_summary` per row, with ``"runs"`` (every seed's metrics) and
-    ``"train_seconds"`` (summed over its seeds)."""
+    ``"train_seconds"`` (summed over its seeds). ``folder``: a shipped recipe folder or a directory of
+    recipe files; the name :data:`LOGREG_ROW` is the logistic-regression baseline (:func:`run_logreg_seeds`)
+    in a folder whose recipes read features."""
     from dbloss.report import seed_summary
 
     if not seeds:
@@ -177,8 +266,12 @@ def run_comparison(folder: str, names: Sequence[str], seeds: Sequence[int], out:
     out = Path(out)
     rows = []
     for name in names:
-        runs = run_recipe_seeds(f"{folder}/{name}", seeds, out / name, overrides, progress=progress, reuse=reuse,
-                                label=name, reused=reused)
+        if name == LOGREG_ROW:
+            runs = run_logreg_seeds(folder, seeds, out / name, overrides, progress=progress, reuse=reuse,
+                                    reused=reused)
+        else:
+            runs = run_recipe_seeds(_recipe(folder, name), seeds, out / name, overrides, progress=progress,
+                                    reuse=reuse, label=name, reused=reused)
         times = [_train_seconds(out / name / f"seed{seed}") for seed in seeds]
         rows.append({**seed_summary(runs), "row": name, "runs": runs,
                      "train_seconds": None if None in times else round(sum(times), 1)})
@@ -317,10 +410,12 @@ def reproduce(
     """Run every row of the paper's comparison on ``benchmark`` over ``seeds`` and write the report.
 
     Args:
-        benchmark: "voc-mlt", "coco-mlt" (their recipes read ``data/``, see ``dbloss data download``)
-            or "demo" (the built-in data, as ``dbloss demo``).
-        rows: recipe names of the benchmark's folder (default: :data:`PAPER_ROWS`; ``["all"]``:
-            adds :data:`EXTRA_ROWS`, cRT, BBN and ASL).
+        benchmark: "voc-mlt", "coco-mlt" (their recipes read ``data/``, see ``dbloss data download``),
+            "demo" (the built-in data, as ``dbloss demo``), "reuters" (Reuters-21578 TF-IDF, its
+            ``data_root``) or "features" (the user's feature files: ``--set train_ann=... test_ann=...``).
+        rows: recipe names of the benchmark's folder, or :data:`LOGREG_ROW` on reuters / features
+            (default: :data:`PAPER_ROWS`, on reuters / features :data:`BENCHMARK_ROWS`; ``["all"]``:
+            adds :data:`EXTRA_ROWS`, cRT, BBN and ASL; on reuters / features every recipe of the folder).
         out: default ``runs/<benchmark>``.
         overrides: ``key=value`` settings for every run (e.g. ``epochs=2`` for a smoke test).
 
@@ -330,8 +425,14 @@ def reproduce(
     if benchmark not in BENCHMARKS:
         raise ValueError(f"Expected a benchmark among {sorted(BENCHMARKS)}, but got {benchmark!r}")
     folder = BENCHMARKS[benchmark]
-    names = list(rows or PAPER_ROWS)
-    if names == ["all"]:
+    defaults = BENCHMARK_ROWS.get(benchmark, PAPER_ROWS)
+    names = list(rows or defaults)
+    if names == ["all"] and benchmark in BENCHMARK_ROWS:
+        available = _available(folder)
+        rest = sorted(set(available) - set(defaults))
+        names = [n for n in defaults if n in available and n != LOGREG_ROW] + rest + (
+            [LOGREG_ROW] if LOGREG_ROW in available else [])
+    elif names == ["all"]:
         names = [n for n in (*PAPER_ROWS, *EXTRA_ROWS) if n in _available(folder)]
     names = _resolve_rows(folder, names, benchmark)
     out = Path(out or f"runs/{benchmark}")
