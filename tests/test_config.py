@@ -36,7 +36,9 @@ ROW_KEYS = {"voc_mlt": {"name", "loss", "sampler", "loss_args"},
             "coco_mlt": {"name", "loss", "sampler", "loss_args"},
             "demo": {"name", "loss", "sampler", "lr"},  # lr: the DB family's, chosen on validation
             "demo_scratch": {"name", "loss", "sampler"},
-            "demo_features": {"name", "loss", "sampler", "lr"},  # heads on frozen features; lr: chosen on validation
+            "demo_features": {"name", "loss", "sampler"},  # heads on frozen features: features/'s, tuned by dbloss tune
+            "features": {"name", "loss", "sampler"},  # heads on anyone's features: dbloss tune chooses the rest
+            "images": {"name", "loss", "sampler"},  # anyone's images, the paper's model and schedule
             "reuters": {"name", "loss", "loss_args"}}  # one sampler for every row: Huang et al.'s, in the base
 #: What a method's row may set besides its folder's keys: the method's own switches, nothing else.
 METHOD_KEYS = {"ml_gcn": {"head"}, "crt": {"decoupling", "stage2_epochs"},
@@ -69,7 +71,8 @@ def test_shipped_recipes_say_only_what_differs_from_their_base():
         base = load_config(f"{bench}/_base")
         assert (base.dataset, base.subset) == (dataset, f"data/published/{bench}_img_id.txt")
         assert {k for k, v in base.to_dict().items() if v != getattr(TrainConfig(), k)} == \
-            {"dataset", "data_root", "subset"}  # the paper's recipe is the TrainConfig default
+            {"dataset", "data_root", "subset", "sampler_epoch"}  # the paper's recipe is the TrainConfig default,
+        assert base.sampler_epoch == "paper"  # but for the class-aware epoch's length, which the paper fixes
 
 
 def test_bases_are_not_recipes():

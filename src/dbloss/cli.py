@@ -4,7 +4,7 @@
 Each sub-command is a small function taking the parsed arguments; the work lives in the
 library modules. ``python -m dbloss`` is the same command (what ``torchrun -m dbloss`` runs).
 Bad input (:class:`dbloss.errors.UsageError` or any ``ValueError``, ``OSError``) and a
-non-finite loss are reported as ``dbloss CMD: error: ...`` with exit code 2 (``-v``: with the
+run that diverged or collapsed (:class:`dbloss.errors.TrainingFailedError`) are reported as ``dbloss CMD: error: ...`` with exit code 2 (``-v``: with the
 traceback); any other exception is a bug and surfaces as a traceback.
 """
 
@@ -20,7 +20,7 @@ from typing import Sequence
 from dbloss.cli_features import add_features_command
 from dbloss.cli_predict import add_export_command, add_predict_command
 from dbloss.distributed import shutdown_distributed
-from dbloss.errors import NonFiniteLossError, UsageError
+from dbloss.errors import TrainingFailedError, UsageError
 
 __all__ = ["main", "get_args_parser"]
 
@@ -44,6 +44,44 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if res is not None:
         print(results_table([res]))
         print(f"results: {Path(cfg.out_dir) / 'metrics.json'}")
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from dbloss.config import load_config
+    from dbloss.tables import results_table
+    from dbloss.tune import tune
+
+    cfg = load_config(args.recipe, list(args.overrides))
+    out = args.out or str(Path("runs") / ("tune_" + Path(str(args.recipe)).with_suffix("").as_posix().replace("/", "_")))
+    res = tune(cfg, trials=args.trials, out=out, storage=args.storage, study_name=args.study, timeout=args.timeout,
+               search_only=args.search_only, progress=not args.no_progress)
+    best = res["best_trial"]
+    if best is not None:
+        print(f"best trial {best['number']}: validation mAP {best['val_mAP']:.4f} at epoch {best['best_epoch']}")
+    if res["metrics"] is not None:
+        print(results_table([res["metrics"]]))
+        print(f"results: {Path(out) / 'metrics.json'}\nchosen recipe: {res['config']}\nstudy: {Path(out) / 'tune.json'}")
+    return 0
+
+
+def _cmd_baseline(args: argparse.Namespace) -> int:
+    from dbloss.config import load_config
+    from dbloss.linear_baseline import train_logistic_regression
+    from dbloss.tables import results_table
+
+    overrides = list(args.overrides)
+    cfg = load_config(args.recipe, overrides)
+    if not any(o.startswith("name=") for o in overrides):
+        cfg.name = "logreg"  # the row's name in tables, as in comparisons
+    if args.out:
+        cfg.out_dir = args.out
+    elif not any(o.startswith("out_dir=") for o in overrides) and cfg.out_dir == "runs/run":
+        cfg.out_dir = str(Path("runs") / (Path(str(args.recipe)).with_suffix("").as_posix().replace("/", "_")
+                                          + "_logreg"))
+    res = train_logistic_regression(cfg, overwrite=args.overwrite, progress=not args.no_progress)
+    print(results_table([res]))
+    print(f"results: {Path(cfg.out_dir) / 'metrics.json'} (choice: {Path(cfg.out_dir) / 'logreg.json'})")
     return 0
 
 
@@ -147,6 +185,18 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
         paths = generate_demo_dataset(args.out, seed=args.seed)
         print(json.dumps({k: str(v) for k, v in vars(paths).items()}, indent=1))
+    elif args.data_cmd == "synth-features":
+        from dbloss.data.synthetic_features import MANIFEST, write_longtail_features
+
+        given = {"num_train": args.train, "num_test": args.test, "num_classes": args.classes, "dim": args.dim,
+                 "seed": args.seed, "noise": args.noise}
+        train_path, test_path = write_longtail_features(args.out, force=args.force,
+                                                        **{k: v for k, v in given.items() if v is not None})
+        s = json.loads((Path(args.out) / MANIFEST).read_text())["summary"]
+        print(f"train: {train_path}\ntest: {test_path}")
+        print(f"{s['items']} training items, {s['classes']} classes, head/medium/tail "
+              f"{s['head']}/{s['medium']}/{s['tail']}, {s['labels_per_item']:.2f} labels per item, class counts "
+              f"{s['max_count']} down to {s['min_count']}")
     else:  # pragma: no cover - argparse enforces the choices
         raise ValueError(args.data_cmd)
     return 0
@@ -220,6 +270,31 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="print the resolved configuration (YAML, as saved beside the run) and exit without training")
     t.set_defaults(func=_cmd_train)
 
+    tn = sub.add_parser("tune", help="choose a recipe's settings on a validation split (Optuna), retrain on all "
+                        "training data, test once")
+    tn.add_argument("recipe", help="a recipe YAML file or a shipped recipe name (see `dbloss recipes`)")
+    tn.add_argument("overrides", nargs="*", help="key=value settings applied before the search (data paths, ...)")
+    tn.add_argument("--trials", type=int, default=20, help="finished trials the study should have (default 20; a "
+                    "resumed study runs only the missing ones)")
+    tn.add_argument("--out", help="run folder (default: runs/tune_<recipe name>): the final run, tuned.yaml, "
+                    "tune.json, trials.csv, study.db, trials/")
+    tn.add_argument("--storage", help="Optuna storage URL shared by several workers (default: sqlite:///OUT/study.db)")
+    tn.add_argument("--study", help="study name in the storage (default: the recipe's name)")
+    tn.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    tn.add_argument("--search-only", action="store_true",
+                    help="an extra worker of a shared study: run trials, no final run")
+    tn.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tn.set_defaults(func=_cmd_tune)
+
+    b = sub.add_parser("baseline", help="one logistic regression per class on a feature recipe's data (C and "
+                       "class_weight chosen on validation): the scikit-learn baseline beside the recipe's rows")
+    b.add_argument("recipe", help="a recipe reading features (dataset features / reuters / text-csv): file or name")
+    b.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train_ann=train.npz test_ann=test.npz")
+    b.add_argument("--out", help="run directory (default: runs/<recipe name>_logreg)")
+    b.add_argument("--overwrite", action="store_true", help="replace the run that --out already holds")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.set_defaults(func=_cmd_baseline)
+
     e = sub.add_parser("evaluate", help="evaluate a checkpoint (on its recipe's test set or overridden data)")
     e.add_argument("checkpoint")
     e.add_argument("overrides", nargs="*", help="key=value overrides of the saved configuration (e.g. data_root=...)")
@@ -249,8 +324,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("reproduce", help="the paper's comparison on one benchmark: every row over seeds, the report "
                         "with the published numbers beside ours")
-    rp.add_argument("benchmark", choices=["voc-mlt", "coco-mlt", "demo"],
-                    help="voc-mlt / coco-mlt read data/ (see `dbloss data download`); demo: the built-in data")
+    rp.add_argument("benchmark", choices=["voc-mlt", "coco-mlt", "demo", "reuters", "features"],
+                    help="voc-mlt / coco-mlt read data/ (see `dbloss data download`); demo: the built-in data; "
+                    "reuters: Reuters-21578 (data_root); features: your feature files (--set train_ann=... "
+                    "test_ann=...); reuters / features add the `logreg` row")
     rp.add_argument("--rows", nargs="+", default=None,
                     help="recipe names (default: every row of the paper's comparison; `all`: also ASL)")
     rp.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds per row (default: 0 1 2)")
@@ -320,6 +397,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     md = dsub.add_parser("make-demo", help="generate the built-in demo dataset")
     md.add_argument("out")
     md.add_argument("--seed", type=int, default=0)
+    sf = dsub.add_parser("synth-features", help="generate a long-tailed multi-label feature set at scale "
+                         "(train.npz / test.npz for dataset=features)")
+    sf.add_argument("--out", required=True, help="output folder (matching files there are reused)")
+    sf.add_argument("--train", type=int, help="training items (default 25000)")
+    sf.add_argument("--test", type=int, help="test items (default 6000)")
+    sf.add_argument("--classes", type=int, help="classes (default 500)")
+    sf.add_argument("--dim", type=int, help="feature dimension (default 256)")
+    sf.add_argument("--seed", type=int, help="random seed (default 0)")
+    sf.add_argument("--noise", type=float, help="latent noise level: sets the difficulty (default 2.25)")
+    sf.add_argument("--force", action="store_true", help="regenerate even if matching files exist")
     dt.set_defaults(func=_cmd_data)
 
     rc = sub.add_parser("recipes", help="list the shipped recipes")
@@ -336,7 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return int(args.func(args) or 0)
-    except (ValueError, OSError, NonFiniteLossError) as e:  # bad input (UsageError is a ValueError), files; bugs surface
+    except (ValueError, OSError, TrainingFailedError) as e:  # bad input (UsageError is a ValueError), files, a
+        # run that diverged or collapsed (dbloss.health); bugs surface
         if args.verbose:
             raise
         print(f"dbloss {args.command}: error: {e}", file=sys.stderr)
