@@ -38,7 +38,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 
 from dbloss.config import TrainConfig, list_recipes, load_config, recipe_dir, saved_config_matches
@@ -137,29 +137,41 @@ def _reusable(cfg: TrainConfig) -> dict[str, Any] | None:
         return None
 
 
-def run_recipe_seeds(recipe: str, seeds: Sequence[int], out: Path, overrides: Sequence[str] = (), *,
-                     progress: bool = True, reuse: bool = True, label: str | None = None,
-                     reused: list[str] | None = None) -> list[dict[str, Any]]:
-    """Train ``recipe`` once per seed into ``out/seed<s>`` (finished runs with the same configuration
-    are reused, and their folders appended to ``reused``); returns each run's metrics."""
+def _seed_runs(configs: Sequence[TrainConfig], label: str, fit: Callable[[TrainConfig], dict[str, Any]],
+               doing: str, *, reuse: bool, reused: list[str] | None,
+               reusable: Callable[[TrainConfig], dict[str, Any] | None] = _reusable) -> list[dict[str, Any]]:
+    """Each configuration's metrics: its finished run when ``reusable`` finds one (folder appended to
+    ``reused``), else ``fit(cfg)``; one line per run says which, ``doing`` what a fit does."""
     results = []
-    for seed in seeds:
-        cfg = load_config(recipe, [*overrides, f"seed={seed}", f"out_dir={out / f'seed{seed}'}"])
-        tag = f"[demo] {label or recipe} seed {seed}"
-        res = _reusable(cfg) if reuse else None
+    for cfg in configs:
+        tag = f"[demo] {label} seed {cfg.seed}"
+        res = reusable(cfg) if reuse else None
         if res is not None:
             print(f"{tag}: reused {cfg.out_dir} (mAP {100 * res['mAP']['total']:.2f})", flush=True)
             if reused is not None:
                 reused.append(cfg.out_dir)
         else:
             t0 = time.perf_counter()
-            print(f"{tag}: training ({cfg.loss}, {cfg.sampler} sampling, {cfg.epochs} epochs, lr {cfg.lr:g})",
-                  flush=True)
-            train(cfg, progress=progress, overwrite=True)  # not reusable: a stale or unfinished run is replaced
-            res = json.loads((Path(cfg.out_dir) / "metrics.json").read_text())
+            print(f"{tag}: {doing.format(cfg=cfg)}", flush=True)
+            res = fit(cfg)  # not reusable: a stale or unfinished run is replaced
             print(f"{tag}: mAP {100 * res['mAP']['total']:.2f} in {time.perf_counter() - t0:.0f} s", flush=True)
         results.append(res)
     return results
+
+
+def run_recipe_seeds(recipe: str, seeds: Sequence[int], out: Path, overrides: Sequence[str] = (), *,
+                     progress: bool = True, reuse: bool = True, label: str | None = None,
+                     reused: list[str] | None = None) -> list[dict[str, Any]]:
+    """Train ``recipe`` once per seed into ``out/seed<s>`` (finished runs with the same configuration
+    are reused, and their folders appended to ``reused``); returns each run's metrics."""
+    def fit(cfg: TrainConfig) -> dict[str, Any]:
+        train(cfg, progress=progress, overwrite=True)
+        return json.loads((Path(cfg.out_dir) / "metrics.json").read_text())
+
+    configs = [load_config(recipe, [*overrides, f"seed={seed}", f"out_dir={out / f'seed{seed}'}"]) for seed in seeds]
+    return _seed_runs(configs, label or recipe, fit,
+                      "training ({cfg.loss}, {cfg.sampler} sampling, {cfg.epochs} epochs, lr {cfg.lr:g})",
+                      reuse=reuse, reused=reused)
 
 
 def update_marked_block(path: str | Path, marker: str, text: str) -> None:
@@ -213,34 +225,28 @@ def run_logreg_seeds(folder: str, seeds: Sequence[int], out: Path, overrides: Se
     configuration and grid are reused, and their folders appended to ``reused``); each run's metrics."""
     from dbloss.linear_baseline import C_GRID, CLASS_WEIGHTS, FEATURE_DATASETS, train_logistic_regression
 
-    results = []
-    for seed in seeds:
-        cfg = load_config(_recipe(folder, "_base"),
-                          [*overrides, f"name={LOGREG_ROW}", f"seed={seed}", f"out_dir={out / f'seed{seed}'}"])
+    configs = [load_config(_recipe(folder, "_base"),
+                           [*overrides, f"name={LOGREG_ROW}", f"seed={seed}", f"out_dir={out / f'seed{seed}'}"])
+               for seed in seeds]
+    for cfg in configs[:1]:
         if cfg.dataset not in FEATURE_DATASETS:
             raise ValueError(f"row {LOGREG_ROW!r} fits precomputed features, but {folder}/_base has "
                              f"dataset={cfg.dataset!r} (expected one of {', '.join(FEATURE_DATASETS)})")
-        tag = f"[demo] {LOGREG_ROW} seed {seed}"
-        res = _reusable(cfg) if reuse else None
-        if res is not None:  # and fitted over today's grid
-            try:
-                fit = json.loads((Path(cfg.out_dir) / "logreg.json").read_text())
-            except (OSError, ValueError):
-                fit = {}
-            if fit.get("c_grid") != list(C_GRID) or fit.get("class_weights") != list(CLASS_WEIGHTS):
-                res = None
-        if res is not None:
-            print(f"{tag}: reused {cfg.out_dir} (mAP {100 * res['mAP']['total']:.2f})", flush=True)
-            if reused is not None:
-                reused.append(cfg.out_dir)
-        else:
-            t0 = time.perf_counter()
-            print(f"{tag}: fitting one logistic regression per class (C in {list(C_GRID)}, class_weight in "
-                  f"{list(CLASS_WEIGHTS)}, chosen on validation mAP)", flush=True)
-            res = train_logistic_regression(cfg, progress=progress, overwrite=True)  # not reusable: replaced
-            print(f"{tag}: mAP {100 * res['mAP']['total']:.2f} in {time.perf_counter() - t0:.0f} s", flush=True)
-        results.append(res)
-    return results
+
+    def reusable(cfg: TrainConfig) -> dict[str, Any] | None:  # a finished run, fitted over today's grid
+        res = _reusable(cfg)
+        try:
+            fit = json.loads((Path(cfg.out_dir) / "logreg.json").read_text())
+        except (OSError, ValueError):
+            fit = {}
+        same_grid = fit.get("c_grid") == list(C_GRID) and fit.get("class_weights") == list(CLASS_WEIGHTS)
+        return res if same_grid else None
+
+    return _seed_runs(configs, LOGREG_ROW, lambda cfg: train_logistic_regression(cfg, progress=progress,
+                                                                                   overwrite=True),
+                      f"fitting one logistic regression per class (C in {list(C_GRID)}, class_weight in "
+                      f"{list(CLASS_WEIGHTS)}, chosen on validation mAP)", reuse=reuse, reused=reused,
+                      reusable=reusable)
 
 
 def _resolve_rows(folder: str, names: Sequence[str], what: str) -> list[str]:
