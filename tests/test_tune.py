@@ -123,7 +123,7 @@ def test_search_space_widens_to_hold_the_recipe_and_names_the_db_terms():
     cfg = TrainConfig(loss="ntr-focal", lr=0.5, weight_decay=0.0, loss_args={"neg_scale": 10.0})
     space = {p.key: p for p in search_space(cfg, "image")}
     assert set(space) == {"lr", "weight_decay", "loss_args.neg_scale", "loss_args.init_bias"}
-    assert space["lr"].low == pytest.approx(0.5 / 30) and space["lr"].high == pytest.approx(5.0)
+    assert space["lr"].low == pytest.approx(0.5 / 30) and space["lr"].high == pytest.approx(15.0)
     assert space["loss_args.neg_scale"].high == 10.0 and space["loss_args.neg_scale"].initial == 10.0
     assert space["loss_args.init_bias"].initial == 0.05  # the loss's default
 
@@ -144,3 +144,18 @@ def test_tune_command(features, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "best trial" in printed and "tuned.yaml" in printed and (out / "metrics.json").is_file()
     assert main(["tune", "features/rs", *features, "--trials", "0", "--out", str(out)]) == 2
+
+
+@pytest.mark.slow
+def test_tune_an_image_recipe(demo_root, tmp_path):
+    """An image recipe (the built-in images, small_cnn from scratch): trials keep their best epoch on a
+    validation split of a tenth, and the final run follows the kept epochs' schedule."""
+    out = tmp_path / "images"
+    res = tune("demo/rs", [f"data_root={demo_root}", "weights=none", "epochs=3", "device=cpu"], trials=2, out=out,
+               progress=False)
+    rows = _trials(out)
+    assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE"] and rows[0]["lr"] == pytest.approx(0.02)
+    assert "neck_dim" not in rows[0]  # the head is searched on features only
+    tuned = load_config(out / "tuned.yaml")
+    assert tuned.epochs == res["best_trial"]["best_epoch"] and tuned.val_size == 0
+    assert 0 < res["metrics"]["mAP"]["total"] <= 1
