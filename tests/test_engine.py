@@ -387,3 +387,21 @@ def test_per_class_thresholds_are_chosen_on_validation_reported_and_stored(featu
     assert res["micro_f1"] == pytest.approx(f1_scores(pred["scores"], pred["targets"], res["threshold"])["micro_f1"])
     stored = load_checkpoint(out / "checkpoint.pt")["thresholds"]
     assert stored == {"global": res["threshold"], "per_class": pc["thresholds"]}
+
+
+def test_the_class_aware_epoch_is_as_long_as_the_training_split_unless_the_recipe_keeps_the_papers(feature_files,
+                                                                                                  tmp_path):
+    train_f, test_f = feature_files
+    iterations = {}
+    for epoch_kind in ("data", "paper"):
+        out = tmp_path / epoch_kind
+        train(load_config(None, feature_overrides(train_f, test_f, out, epochs=1, sampler_epoch=epoch_kind)),
+              progress=False)
+        log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+        iterations[epoch_kind] = next(r["iterations"] for r in log if r.get("type") == "epoch")
+    labels = np.load(train_f)["labels"]
+    assert iterations["data"] == -(-len(labels) // 32)  # 600 samples, batches of 32
+    assert iterations["paper"] == -(-int(labels.sum(0).max() * labels.shape[1] / 4) // 32)
+    for bench in ("voc_mlt", "coco_mlt", "demo", "demo_scratch"):  # the paper's epoch, as published
+        assert load_config(f"{bench}/_base").sampler_epoch == "paper"
+    assert load_config("features/rs").sampler_epoch == "data"

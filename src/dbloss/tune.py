@@ -294,7 +294,7 @@ def tune(
     timeout: float | None = None,
     search_only: bool = False,
     startup_trials: int | None = None,
-    prune_warmup: int = 2,
+    prune_warmup: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Choose a recipe's settings on a validation split (module docstring), retrain, test once.
@@ -310,7 +310,9 @@ def tune(
         timeout: stop starting trials after this many seconds.
         search_only: run trials and stop (an extra worker of a shared study): no final run.
         startup_trials: random trials before TPE models the results (default: a third of ``trials``,
-            2 to 10). prune_warmup: epochs a trial runs before it can be pruned.
+            2 to 10). prune_warmup: epochs a trial runs before it can be pruned (default: the
+            trials' early-stopping patience, at least 2: a trial is not judged sooner than it
+            would judge itself, so a slow starter such as an MLP head is not cut at epoch 2).
 
     Returns:
         ``{"best_trial", "values", "metrics" (the final run's test metrics; None with search_only),
@@ -334,6 +336,8 @@ def tune(
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     n_startup = startup_trials if startup_trials is not None else min(10, max(2, trials // 3))
+    if prune_warmup is None:
+        prune_warmup = max(2, trial_config(cfg, {}, out).patience)
     study = _open_study(
         study_name=study_name, url=url,
         sampler=optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=n_startup, multivariate=True),
