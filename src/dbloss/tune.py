@@ -321,7 +321,7 @@ def tune(
     import optuna
 
     from dbloss.engine import train
-    from dbloss.pipeline import FEATURE_DATASETS, prepare_data
+    from dbloss.pipeline import FEATURE_DATASETS, build_data, prepare_data
 
     if trials < 1:
         raise UsageError(f"Expected --trials >= 1, but got {trials}")
@@ -329,8 +329,9 @@ def tune(
     if isinstance(recipe, TrainConfig) and overrides:
         cfg = load_config(None, list(overrides), base=cfg.to_dict())
     out = Path(out or f"runs/tune_{cfg.name}")
-    out.mkdir(parents=True, exist_ok=True)
     prepare_data(cfg)
+    build_data(cfg)  # bad data (a missing file, labels outside {0, 1}...) is an error before any study exists
+    out.mkdir(parents=True, exist_ok=True)
     space = search_space(cfg, "features" if cfg.dataset in FEATURE_DATASETS else "image")
     study_name = study_name or cfg.name
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
