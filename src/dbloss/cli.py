@@ -48,14 +48,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from dbloss.config import load_config
     from dbloss.tables import results_table
     from dbloss.tune import tune
 
-    cfg = load_config(args.recipe, list(args.overrides))
     out = args.out or str(Path("runs") / ("tune_" + Path(str(args.recipe)).with_suffix("").as_posix().replace("/", "_")))
-    res = tune(cfg, trials=args.trials, out=out, storage=args.storage, study_name=args.study, timeout=args.timeout,
-               search_only=args.search_only, progress=not args.no_progress)
+    res = tune(args.recipe, list(args.overrides), trials=args.trials, out=out, storage=args.storage,
+               study_name=args.study, timeout=args.timeout, search_only=args.search_only,
+               progress=not args.no_progress)
     best = res["best_trial"]
     if best is not None:
         print(f"best trial {best['number']}: validation mAP {best['val_mAP']:.4f} at epoch {best['best_epoch']}")
