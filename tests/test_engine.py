@@ -405,3 +405,27 @@ def test_the_class_aware_epoch_is_as_long_as_the_training_split_unless_the_recip
     for bench in ("voc_mlt", "coco_mlt", "demo", "demo_scratch"):  # the paper's epoch, as published
         assert load_config(f"{bench}/_base").sampler_epoch == "paper"
     assert load_config("features/rs").sampler_epoch == "data"
+
+
+def test_bias_init_prior_starts_every_logit_at_its_class_prior(feature_files, tmp_path):
+    from dbloss.engine import build_network
+    from dbloss.stats import LabelStats
+
+    train_f, _ = feature_files
+    labels = np.load(train_f)["labels"]
+    stats = LabelStats.from_labels(labels)
+    cfg = load_config(None, ["bias_init=prior", "neck_dim=0"])
+    torch.manual_seed(0)
+    model = build_network(cfg, labels.shape[1], torch.device("cpu"), input_type="features", in_features=16,
+                          stats=stats)
+    prior = torch.as_tensor(labels.mean(0), dtype=torch.float32)
+    torch.testing.assert_close(torch.sigmoid(model.classifier.bias.detach()), prior)
+    torch.manual_seed(0)
+    plain = build_network(load_config(None, ["neck_dim=0"]), labels.shape[1], torch.device("cpu"),
+                          input_type="features", in_features=16, stats=stats)
+    assert torch.equal(plain.classifier.weight, model.classifier.weight)  # the weights drew the same numbers
+    with pytest.raises(ValueError, match="bias_init=prior sets a linear classifier's bias, but head='ml-gcn'"):
+        build_network(load_config(None, ["bias_init=prior", "head=ml-gcn"]), labels.shape[1], torch.device("cpu"),
+                      input_type="features", in_features=16, stats=stats)
+    assert load_config("features/db_focal").bias_init == "prior" and load_config("voc_mlt/db_focal").bias_init == \
+        "default"

@@ -82,6 +82,9 @@ class TrainConfig:
     frozen_stages: int | None = None  # None: 1 (the paper's) with pretrained weights, 0 from scratch
     neck_dim: int = 256
     dropout: float = 0.5
+    # the linear classifier's initial bias: "default" (torch's, about 0: every class starts at a prior of 1/2), or
+    # "prior" (the log-odds of each class's training prior, engine.prior_bias_; configs/features/ use it)
+    bias_init: Literal["default", "prior"] = "default"
     # classifier: "linear"; "ml-gcn" (Chen et al. 2019, dbloss.mlgcn: classifiers produced by a 2-layer GCN over
     # the training labels' co-occurrence graph from label embeddings); "oltr" (Liu et al. 2019, dbloss.oltr: a
     # second stage of stage2_epochs with modulated attention and the meta-embedding classifier over the class
@@ -205,7 +208,7 @@ class TrainConfig:
         """The heads (ML-GCN, OLTR, BBN) and the second stage (their fields are read only when enabled)."""
         for name, valid in (("head", ("linear", "ml-gcn", "oltr", "bbn")),
                             ("sampler_epoch", ("data", "paper")), ("monitor", ("mAP", "micro_f1")),
-                            ("health", ("stop", "warn", "off")),
+                            ("health", ("stop", "warn", "off")), ("bias_init", ("default", "prior")),
                             ("decoupling", ("none", "crt", "lws", "tau-norm")),
                             ("stage2_sampler", ("random", "class-aware")),
                             ("bbn_sampler", ("reversed", "class-aware"))):

@@ -331,6 +331,29 @@ def _set_classifier(model: nn.Module, cfg: TrainConfig, stats: LabelStats | None
                                     tau=cfg.gcn_tau, p=cfg.gcn_p, hidden=cfg.gcn_hidden)
     elif cfg.decoupling == "lws":
         model.classifier = ScaledLinear.from_linear(linear)  # stage 1 trains as without LWS, bit for bit
+    if cfg.bias_init == "prior":
+        if not isinstance(model.classifier, nn.Linear) or model.classifier.bias is None:
+            raise UsageError(f"bias_init=prior sets a linear classifier's bias, but head={cfg.head!r} has none")
+        if stats is not None:  # (a model that will receive a checkpoint's weights needs no initial bias)
+            prior_bias_(model.classifier.bias, stats.class_freq, stats.num_samples)
+
+
+def prior_bias_(bias: torch.Tensor, class_freq: Any, num_samples: int) -> torch.Tensor:
+    """Set a classifier's bias (C,) in place to the log-odds of each class's training prior,
+    ``b_k = log(p_k / (1 - p_k))``, ``p_k = n_k / N`` (clamped to [1/(2N), 1 - 1/(2N)]): every logit
+    starts at its class's base rate, as the prior initialisation of Lin et al.'s focal loss (ICCV 2017),
+    instead of at about 0 (a prior of 1/2). With hundreds of rare classes a zero bias makes the first
+    epochs spend the weights on pushing every score down; on the built-in 500-class features a linear
+    head's test mAP rose from 41.5 to 54.8 with it (BENCHMARKS.md). Reads no random state.
+
+    >>> b = prior_bias_(torch.zeros(2), [50, 1], 100); [round(v, 3) for v in b.tolist()]
+    [0.0, -4.595]
+    """
+    n = float(num_samples)
+    p = (torch.as_tensor(class_freq, dtype=torch.float64) / n).clamp(0.5 / n, 1 - 0.5 / n)
+    with torch.no_grad():
+        bias.copy_(torch.log(p / (1 - p)).to(bias.dtype))
+    return bias
 
 
 def _model_input(state: dict[str, torch.Tensor]) -> tuple[str, int | None]:
