@@ -128,12 +128,30 @@ def _overrides(values: dict[str, Any]) -> list[str]:
 def trial_config(cfg: TrainConfig, values: dict[str, Any], out_dir: Path) -> TrainConfig:
     """A trial: ``cfg`` with ``values``, a validation split, the best validated epoch kept (by mAP),
     early stopping where the recipe has none, in ``out_dir``; no TensorBoard."""
-    two_stage = cfg.decoupling != "none" or cfg.head == "oltr"  # keep_best spans one stage only
     extra: dict[str, Any] = {"val_size": cfg.val_size or DEFAULT_VAL_FRACTION, "out_dir": str(out_dir),
-                             "tensorboard": False, "monitor": "mAP", "keep_best": not two_stage}
-    if not two_stage and not cfg.patience:
-        extra["patience"] = DEFAULT_PATIENCE if cfg.epochs > 2 * DEFAULT_PATIENCE else 0
+                             "tensorboard": False, "monitor": "mAP", "keep_best": not _two_stage(cfg),
+                             "patience": trial_patience(cfg)}
     return load_config(None, _overrides({**values, **extra}), base=cfg.to_dict())
+
+
+def _two_stage(cfg: TrainConfig) -> bool:
+    return cfg.decoupling != "none" or cfg.head == "oltr"  # keep_best spans one stage only
+
+
+def trial_patience(cfg: TrainConfig) -> int:
+    """The early-stopping patience of a trial of ``cfg``: the recipe's, or :data:`DEFAULT_PATIENCE`
+    where it has none and runs more than twice as many epochs (0 for two-stage methods).
+
+    >>> trial_patience(TrainConfig(epochs=8)), trial_patience(TrainConfig(epochs=100))
+    (0, 5)
+    >>> trial_patience(TrainConfig(epochs=100, keep_best=True, patience=3, val_size=10))
+    3
+    """
+    if _two_stage(cfg):
+        return 0
+    if cfg.patience:
+        return cfg.patience
+    return DEFAULT_PATIENCE if cfg.epochs > 2 * DEFAULT_PATIENCE else 0
 
 
 def _cut_schedule(cfg: TrainConfig, epochs: int) -> list[float]:
@@ -338,7 +356,7 @@ def tune(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     n_startup = startup_trials if startup_trials is not None else min(10, max(2, trials // 3))
     if prune_warmup is None:
-        prune_warmup = max(2, trial_config(cfg, {}, out).patience)
+        prune_warmup = max(2, trial_patience(cfg))
     study = _open_study(
         study_name=study_name, url=url,
         sampler=optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=n_startup, multivariate=True),
