@@ -630,9 +630,16 @@ def _check_health(model: nn.Module, data: DataBundle, cfg: TrainConfig, device: 
     if stalled is not None:
         _report_health("stalled_loss", stalled, state, runlog, env)
     if val is not None and len(state.losses) >= 2:
-        at_chance = chance_message(val["mAP"], chance_map(_targets(data.val)), epoch=state.epoch, **advice)
-        if at_chance is not None:
-            _report_health("chance", at_chance, state, runlog, env)
+        _check_chance(val["mAP"], data, cfg, state, runlog, env)
+
+
+def _check_chance(val_map: float, data: DataBundle, cfg: TrainConfig, state: _TrainState, runlog: _RunLog,
+                  env: DistEnv) -> None:
+    """Warn when the validation mAP is at chance level (:func:`dbloss.health.chance_message`)."""
+    at_chance = chance_message(val_map, chance_map(_targets(data.val)), epoch=state.epoch, lr=cfg.lr,
+                               optimizer=cfg.optimizer, weight_decay=cfg.weight_decay)
+    if at_chance is not None:
+        _report_health("chance", at_chance, state, runlog, env)
 
 
 def _raise_if_non_finite(first_bad: torch.Tensor, epoch: int, checkpoint: Path, cfg: TrainConfig) -> None:
@@ -882,10 +889,7 @@ def _finish(model: nn.Module, data: DataBundle, stats: LabelStats, cfg: TrainCon
     if cfg.keep_best:
         res["best_epoch"], res["epochs_run"] = state.best["epoch"], state.epoch
     if best_val is None and "val" in res and cfg.health != "off":  # the final model, on the validation split
-        at_chance = chance_message(res["val"]["mAP"], chance_map(_targets(data.val)), epoch=state.epoch,
-                                   lr=cfg.lr, optimizer=cfg.optimizer, weight_decay=cfg.weight_decay)
-        if at_chance is not None:
-            _report_health("chance", at_chance, state, runlog, env)
+        _check_chance(res["val"]["mAP"], data, cfg, state, runlog, env)
     res["health"] = list(state.health.values())
     if env.is_main:
         _write_results(out, res, scores, targets)
