@@ -21,7 +21,7 @@ import torch
 
 from dbloss.data import MultiLabelImageDataset, generate_demo_dataset, read_coco, train_transform
 from dbloss.losses import build_loss
-from dbloss.model import build_model
+from dbloss.models.classifier import build_model
 from dbloss.sampling import ClassAwareSampler
 
 

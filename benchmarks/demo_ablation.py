@@ -16,7 +16,7 @@ rate for every seed and tested. It writes
 * increment figures ``<out>/increment_<row>_over_<base>.png`` (copied to ``docs/figures/ablation_*.png``
   with ``--readme``): each component's per-class AP increment, mean over seeds.
 
-Finished runs whose saved configuration matches are reused (``dbloss.compare.run_recipe_seeds``),
+Finished runs whose saved configuration matches are reused (``dbloss.apps.compare.run_recipe_seeds``),
 so the script can be interrupted and rerun.
 """
 
@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dbloss.compare import run_recipe_seeds, update_marked_block
+from dbloss.apps.compare import run_recipe_seeds, update_marked_block
 from dbloss.files import write_json, write_text
-from dbloss.plots import ap_increment_figure, save_figure
-from dbloss.report import format_mean_sd, seed_summary
+from dbloss.apps.plots import ap_increment_figure, save_figure
+from dbloss.apps.report import format_mean_sd, seed_summary
 from dbloss.stats import GROUPS
 
 REPO = Path(__file__).resolve().parents[1]

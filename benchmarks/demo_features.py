@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 
 from dbloss.config import load_config
-from dbloss.embed import extract_demo_features
-from dbloss.engine import train
+from dbloss.apps.embed import extract_demo_features
+from dbloss.training.engine import train
 from dbloss.files import write_json, write_text
-from dbloss.report import seed_summary
+from dbloss.apps.report import seed_summary
 from dbloss.tables import seed_table
 
 ROWS = ["erm", "rw", "focal", "rs", "cb_focal", "ldam", "r_bce_focal", "ntr_focal", "db_focal", "asl"]

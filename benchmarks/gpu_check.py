@@ -103,7 +103,7 @@ def check_losses(device: torch.device, quick: bool) -> dict[str, Any]:
 def check_train(device: torch.device, backbone: str, size: int, batch: int, steps: int,
                 compile_too: bool) -> dict[str, Any]:
     from dbloss.losses import build_loss
-    from dbloss.model import build_model
+    from dbloss.models.classifier import build_model
 
     c = 80
     g = torch.Generator().manual_seed(0)

@@ -6,7 +6,7 @@
                                  [--head mlp|linear] [--choice runs/reuters_grid/selection.json]
 
 For every row (a shipped recipe ``reuters/<row>``) and seed it trains and evaluates through the
-library (``dbloss.config.load_config`` + ``dbloss.engine.train``, the same code path as
+library (``dbloss.config.load_config`` + ``dbloss.training.engine.train``, the same code path as
 ``dbloss train reuters/<row> seed=<s> ...``), then fits the one-vs-rest linear SVM baseline of
 Huang et al. (``OneVsRestClassifier(LinearSVC(C=1, max_iter=10000, random_state=123))``,
 decision threshold 0, mAP from the decision scores) on the same TF-IDF features, with
@@ -49,10 +49,10 @@ import torch
 
 from dbloss.config import load_config, recipe_dir, saved_config_matches
 from dbloss.data.reuters import HUANG_HEAD_MIN, HUANG_TAIL_MAX
-from dbloss.engine import train
+from dbloss.training.engine import train
 from dbloss.files import write_json
 from dbloss.metrics import f1_scores, nanmean, summarize
-from dbloss.pipeline import build_data
+from dbloss.data.pipeline import build_data
 from dbloss.stats import GROUPS, LabelStats
 
 REPO = Path(__file__).resolve().parents[1]
@@ -376,7 +376,7 @@ def update_benchmarks(path: Path, block: str, tag: str = "") -> None:
 def f1_figure(summary: dict[str, Any]):
     from matplotlib.figure import Figure
 
-    from dbloss.plots import GROUP_COLORS
+    from dbloss.apps.plots import GROUP_COLORS
 
     rows = list(summary["rows"])
     labels = [LABELS[r].split(" ")[0] for r in rows]
@@ -450,7 +450,7 @@ def _cpu_name() -> str:
 def main(args: argparse.Namespace) -> int:
     import sklearn
 
-    from dbloss.plots import save_figure
+    from dbloss.apps.plots import save_figure
 
     torch.set_num_threads(args.threads)
     # --reuse does not change the results (a run is reused only with an identical configuration)

@@ -38,14 +38,14 @@ from typing import Any, Sequence
 
 import torch
 
-from dbloss.compare import run_recipe_seeds
+from dbloss.apps.compare import run_recipe_seeds
 from dbloss.config import load_config
-from dbloss.engine import train
+from dbloss.training.engine import train
 from dbloss.errors import TrainingFailedError
 from dbloss.files import write_json, write_text
-from dbloss.report import seed_summary
+from dbloss.apps.report import seed_summary
 from dbloss.tables import format_mean_sd
-from dbloss.tune import tune
+from dbloss.training.tune import tune
 
 ROWS: tuple[str, ...] = ("erm", "rs", "db_focal")
 #: What the rows of features/ need on each data set besides the data's paths.
@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 "trials": res["trials"]})
         print(row_table(table_rows[-2:]), flush=True)
     if not args.no_logreg:
-        from dbloss.linear_baseline import train_logistic_regression
+        from dbloss.apps.linear_baseline import train_logistic_regression
 
         t0 = time.perf_counter()
         lr_runs = [train_logistic_regression(load_config("features/_base", [*common, "name=logreg", f"seed={s}",

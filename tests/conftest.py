@@ -102,7 +102,7 @@ class TrainingKilled(Exception):
 def train_killed_after(monkeypatch: pytest.MonkeyPatch):
     """``train_killed_after(n, cfg)``: ``train(cfg)`` killed when its epoch n + 1 would start (after n
     epochs, all stages counted, are done and checkpointed), as an interrupted run is."""
-    import dbloss.engine as engine
+    import dbloss.training.engine as engine
 
     def run(n: int, cfg: object) -> None:
         real, calls = engine.train_one_epoch, []

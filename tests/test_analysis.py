@@ -1,4 +1,4 @@
-"""Tests of dbloss.analysis: gradients (autograd), re-sampling (measured by drawing), DB weights."""
+"""Tests of dbloss.apps.analysis: gradients (autograd), re-sampling (measured by drawing), DB weights."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def _png(path: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 # gradients
 # ----------------------------------------------------------------------------------------------
-from dbloss.analysis.gradients import (  # noqa: E402
+from dbloss.apps.analysis.gradients import (  # noqa: E402
     bce_negative_gradient,
     ce_negative_gradient,
     gradient_curves,
@@ -106,7 +106,7 @@ def test_run_gradient_analysis_writes_figure_and_json(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # weights
 # ----------------------------------------------------------------------------------------------
-from dbloss.analysis.weights import rebalance_map, rebalance_ratio, run_weight_analysis, weight_analysis  # noqa: E402
+from dbloss.apps.analysis.weights import rebalance_map, rebalance_ratio, run_weight_analysis, weight_analysis  # noqa: E402
 from dbloss.losses import reference  # noqa: E402
 from dbloss.losses.reference import rebalance_weight  # noqa: E402
 
@@ -180,7 +180,7 @@ def test_weight_analysis_small_matrix_and_errors():
 # ----------------------------------------------------------------------------------------------
 # re-sampling
 # ----------------------------------------------------------------------------------------------
-from dbloss.analysis.resampling import draw_counts, resampling_analysis, run_resampling_analysis  # noqa: E402
+from dbloss.apps.analysis.resampling import draw_counts, resampling_analysis, run_resampling_analysis  # noqa: E402
 from dbloss.sampling import ClassAwareSampler  # noqa: E402
 
 

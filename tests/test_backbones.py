@@ -12,10 +12,10 @@ import torch
 
 pytest.importorskip("timm")
 
-from dbloss.backbones import (MissingDependencyError, backbone_preprocessing, build_timm_backbone,  # noqa: E402
+from dbloss.models.backbones import (MissingDependencyError, backbone_preprocessing, build_timm_backbone,  # noqa: E402
                               timm_stages)
 from dbloss.errors import UsageError  # noqa: E402
-from dbloss.model import MultiLabelClassifier, build_model  # noqa: E402
+from dbloss.models.classifier import MultiLabelClassifier, build_model  # noqa: E402
 
 
 def _weights_file(tmp_path, name, **kwargs):

@@ -1,4 +1,4 @@
-"""Tests of dbloss.bbn (Zhou et al. 2020: two branches, cumulative learning) and its training in the engine."""
+"""Tests of dbloss.methods.bbn (Zhou et al. 2020: two branches, cumulative learning) and its training in the engine."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from dbloss.bbn import (BBNNetwork, PairedDataset, PairedSampler, bbn_loss, bbn_network, cumulative_alpha,
+from dbloss.methods.bbn import (BBNNetwork, PairedDataset, PairedSampler, bbn_loss, bbn_network, cumulative_alpha,
                         split_last_block)
 from dbloss.config import load_config
-from dbloss.engine import build_network, model_from_checkpoint, train
-from dbloss.export import export_model
+from dbloss.training.engine import build_network, model_from_checkpoint, train
+from dbloss.apps.export import export_model
 from dbloss.files import load_checkpoint
 from dbloss.losses import LOSS_NAMES, build_loss
-from dbloss.model import FeatureClassifier, build_model
-from dbloss.predict import Predictor
+from dbloss.models.classifier import FeatureClassifier, build_model
+from dbloss.apps.predict import Predictor
 from dbloss.sampling import ClassAwareSampler, ReversedSampler
 from dbloss.stats import LabelStats
 

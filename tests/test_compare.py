@@ -1,4 +1,4 @@
-"""Tests of dbloss.compare: reusing finished runs, rewriting a marked README block."""
+"""Tests of dbloss.apps.compare: reusing finished runs, rewriting a marked README block."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from dbloss.config import load_config, save_config
-from dbloss.compare import _reusable, update_marked_block
+from dbloss.apps.compare import _reusable, update_marked_block
 
 
 def _finished(cfg, tmp_path, drop=()):
@@ -50,7 +50,7 @@ def test_update_marked_block(tmp_path):
 def test_reading_demo_data_never_generates_it(tmp_path):
     from dbloss.data.synthetic import find_demo_dataset
     from dbloss.errors import UsageError
-    from dbloss.pipeline import build_data
+    from dbloss.data.pipeline import build_data
 
     with pytest.raises(UsageError, match=r"no complete demo dataset in .*`dbloss data make-demo "):
         find_demo_dataset(tmp_path / "data")
@@ -63,7 +63,7 @@ def test_reproduce_demo_end_to_end_with_a_tiny_configuration(tmp_path, capsys):
     """`dbloss reproduce demo`: rows x seeds, the report with the published column, time per row,
     the paper's increment figures; a second call reuses every run."""
     from dbloss.cli import main
-    from dbloss.compare import PUBLISHED, _published_table
+    from dbloss.apps.compare import PUBLISHED, _published_table
 
     out = tmp_path / "repro"
     tiny = ["epochs=1", "weights=none", "batch_size=64", "warmup_iters=1", "val_size=0", "sampler_reduce=32"]
@@ -91,7 +91,7 @@ def test_reproduce_demo_end_to_end_with_a_tiny_configuration(tmp_path, capsys):
 
 
 def test_reproduce_rejects_unknown_rows_and_benchmarks(tmp_path):
-    from dbloss.compare import reproduce
+    from dbloss.apps.compare import reproduce
 
     with pytest.raises(ValueError, match=r"Unknown voc-mlt row\(s\) \['gcn'\]; available: .*db_focal"):
         reproduce("voc-mlt", rows=["gcn"], out=tmp_path)  # a misspelt row

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from dbloss.config import TrainConfig, list_recipes, load_config, recipe_dir, save_config, saved_config_matches
-from dbloss.engine import get_lr, lr_step_epochs, schedule_warnings
+from dbloss.training.engine import get_lr, lr_step_epochs, schedule_warnings
 
 
 def test_shipped_recipes_all_load():

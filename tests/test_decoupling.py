@@ -1,4 +1,4 @@
-"""Tests of dbloss.decoupling (Kang et al. 2020: cRT, tau-norm, LWS) and the engine's two stages."""
+"""Tests of dbloss.methods.decoupling (Kang et al. 2020: cRT, tau-norm, LWS) and the engine's two stages."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from dbloss.config import load_config
-from dbloss.decoupling import ScaledLinear, enter_stage2, tau_normalize, trainable_parameters
-from dbloss.stages import training_stages
-from dbloss.engine import build_network, evaluate_checkpoint, model_from_checkpoint, train
+from dbloss.methods.decoupling import ScaledLinear, enter_stage2, tau_normalize, trainable_parameters
+from dbloss.training.stages import training_stages
+from dbloss.training.engine import build_network, evaluate_checkpoint, model_from_checkpoint, train
 from dbloss.files import load_checkpoint
 from dbloss.losses import LOSS_NAMES
 from dbloss.stats import LabelStats

@@ -1,4 +1,4 @@
-"""dbloss.embed: frozen-backbone features of images to .npz, with a per-image cache.
+"""dbloss.apps.embed: frozen-backbone features of images to .npz, with a per-image cache.
 
 Random-init small backbones on a handful of generated images (no download); the demo test trains a
 head on the built-in data's features as ``dataset=features`` does.
@@ -15,10 +15,10 @@ import torch
 from torchvision.io import write_png
 
 from dbloss.data.features import load_feature_file
-from dbloss.embed import (build_extractor, check_feature_dim, collect_inputs, extract_features, extractor_from_meta,
+from dbloss.apps.embed import (build_extractor, check_feature_dim, collect_inputs, extract_features, extractor_from_meta,
                           read_feature_meta)
 from dbloss.errors import UsageError
-from dbloss.model import FeatureClassifier
+from dbloss.models.classifier import FeatureClassifier
 
 timm = pytest.importorskip("timm")
 
@@ -180,7 +180,7 @@ def test_torchvision_and_clip_backbones(tmp_path):
 
 
 def test_missing_open_clip_names_the_extra(monkeypatch):
-    from dbloss.backbones import MissingDependencyError
+    from dbloss.models.backbones import MissingDependencyError
 
     monkeypatch.setitem(sys.modules, "open_clip", None)
     with pytest.raises(MissingDependencyError, match=r"pip install 'dbloss\[clip\]'"):
@@ -190,8 +190,8 @@ def test_missing_open_clip_names_the_extra(monkeypatch):
 def test_demo_features_train_a_head(tmp_path):
     """The recipe end to end: demo data -> features -> `dataset=features` training of a row."""
     from dbloss.config import load_config
-    from dbloss.embed import extract_demo_features
-    from dbloss.engine import train
+    from dbloss.apps.embed import extract_demo_features
+    from dbloss.training.engine import train
 
     res = extract_demo_features("small_cnn", tmp_path / "feats", data_root=tmp_path / "demo_data", weights=None,
                                 image_size=32, batch_size=256, progress=False)
@@ -206,7 +206,7 @@ def _features_cli(argv):
     """``dbloss features ARGV`` through its own parser (as dbloss.cli registers it)."""
     import argparse
 
-    from dbloss.cli_features import add_features_command
+    from dbloss.cli.features import add_features_command
 
     parser = argparse.ArgumentParser(prog="dbloss")
     add_features_command(parser.add_subparsers(dest="command", required=True))

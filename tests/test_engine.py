@@ -1,4 +1,4 @@
-"""End-to-end tests of dbloss.engine / the ``dbloss`` command on small feature data.
+"""End-to-end tests of dbloss.training.engine / the ``dbloss`` command on small feature data.
 
 Feature inputs (a linear head on precomputed features) make these runs take seconds on a CPU
 while going through the same loop as image training: sampler, loss, SGD schedule, checkpoints,
@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from dbloss.config import load_config
-from dbloss.engine import NonFiniteLossError, evaluate_checkpoint, train
+from dbloss.training.engine import NonFiniteLossError, evaluate_checkpoint, train
 from dbloss.data.synthetic import write_synthetic_features as make_features
 
 
@@ -219,7 +219,7 @@ def test_validation_scores_are_recorded_at_the_selected_threshold(feature_files,
 
 
 def test_keep_best_tests_the_best_validated_epoch_and_resumes_it(feature_files, tmp_path):
-    from dbloss.engine import evaluate_checkpoint
+    from dbloss.training.engine import evaluate_checkpoint
 
     train_f, test_f = feature_files
     common = dict(val_size=120, threshold_search=[0.3, 0.7, 0.05], keep_best=True, lr=0.3, warmup_iters=0,
@@ -318,7 +318,7 @@ class _TouchOnUnpickle:
 def test_checkpoints_and_weights_from_elsewhere_are_read_as_data(feature_files, tmp_path, capsys):
     from dbloss.cli import main
     from dbloss.errors import UsageError
-    from dbloss.model import build_model
+    from dbloss.models.classifier import build_model
 
     train_f, test_f = feature_files
     out = tmp_path / "run"
@@ -408,7 +408,7 @@ def test_the_class_aware_epoch_is_as_long_as_the_training_split_unless_the_recip
 
 
 def test_bias_init_prior_starts_every_logit_at_its_class_prior(feature_files, tmp_path):
-    from dbloss.engine import build_network
+    from dbloss.training.engine import build_network
     from dbloss.stats import LabelStats
 
     train_f, _ = feature_files

@@ -1,8 +1,8 @@
-"""dbloss.export and ``dbloss export``: the exported model answers as the checkpoint does.
+"""dbloss.apps.export and ``dbloss export``: the exported model answers as the checkpoint does.
 
 Each exported file (TorchScript through ``torch.jit.load``, ONNX through onnxruntime) is run on
 batches of sizes other than the one it was exported with and compared with the checkpoint's
-:class:`~dbloss.predict.Predictor` on the same inputs. Runs are tiny: a small_cnn image model
+:class:`~dbloss.apps.predict.Predictor` on the same inputs. Runs are tiny: a small_cnn image model
 trained one epoch on 32-px images made here (a CSV dataset), and a head with a neck on features.
 """
 
@@ -20,9 +20,9 @@ import torch
 from dbloss.cli import main
 from dbloss.config import load_config
 from dbloss.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from dbloss.engine import train
-from dbloss.export import export_model
-from dbloss.predict import Predictor
+from dbloss.training.engine import train
+from dbloss.apps.export import export_model
+from dbloss.apps.predict import Predictor
 
 CLASSES = ("red", "green", "blue")
 
@@ -129,7 +129,7 @@ def test_torchscript_export_gives_the_checkpoints_scores(runs, kind):
 
 
 def test_export_refuses_other_checkpoints_and_bad_outputs(runs, tmp_path, capsys):
-    from dbloss.model import build_backbone
+    from dbloss.models.classifier import build_backbone
 
     weights = tmp_path / "small_cnn.pth"
     torch.save(build_backbone("small_cnn")[0].state_dict(), weights)

@@ -1,4 +1,4 @@
-"""dbloss.health and the engine's use of it: runs that cannot fail silently."""
+"""dbloss.training.health and the engine's use of it: runs that cannot fail silently."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import torch
 
 from dbloss.cli import main
 from dbloss.config import load_config
-from dbloss.engine import train
+from dbloss.training.engine import train
 from dbloss.errors import NonFiniteLossError, TrainingCollapsedError
-from dbloss.health import chance_map, chance_message, collapse_message, stalled_loss_message
+from dbloss.training.health import chance_map, chance_message, collapse_message, stalled_loss_message
 
 
 def test_collapse_is_one_constant_per_class_over_samples():

@@ -1,4 +1,4 @@
-"""Tests of dbloss.linear_baseline: the per-class logistic-regression row on features."""
+"""Tests of dbloss.apps.linear_baseline: the per-class logistic-regression row on features."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import yaml
 from dbloss.config import load_config
 from dbloss.data.synthetic import write_synthetic_features
 from dbloss.errors import UsageError
-from dbloss.linear_baseline import logistic_regression_scores, train_logistic_regression
+from dbloss.apps.linear_baseline import logistic_regression_scores, train_logistic_regression
 
 SMALL_GRID = dict(c_grid=(0.1, 10.0), class_weights=(None, "balanced"))
 
@@ -38,7 +38,7 @@ def _arrays(seed=0, n=300, dim=10, classes=4):
 
 
 def test_the_row_writes_a_run_folder_in_the_engines_format(tmp_path):
-    from dbloss.engine import train
+    from dbloss.training.engine import train
 
     train_f, test_f = _feature_files(tmp_path)
     res = train_logistic_regression(_cfg(tmp_path, train_f, test_f, "name=logreg"), progress=False, n_jobs=1)
@@ -67,7 +67,7 @@ def test_the_row_writes_a_run_folder_in_the_engines_format(tmp_path):
 
 def test_the_choice_is_made_on_validation_only(tmp_path, monkeypatch):
     """The test split is scored once, after the choice, and changing it changes nothing chosen."""
-    import dbloss.linear_baseline as lb
+    import dbloss.apps.linear_baseline as lb
 
     x, y = _arrays()
     x_test, y_test = _arrays(seed=5, n=80)
@@ -114,7 +114,7 @@ def test_sparse_features_give_the_dense_result(tmp_path, monkeypatch):
     import torch
 
     from dbloss.data.features import FeatureDataset
-    from dbloss.pipeline import DataBundle
+    from dbloss.data.pipeline import DataBundle
 
     x, y = _arrays(n=260, dim=30)
     x[np.abs(x) < 1.0] = 0.0  # a sparse-looking matrix
@@ -131,7 +131,7 @@ def test_sparse_features_give_the_dense_result(tmp_path, monkeypatch):
     y_test[:, 3] = 0
     bundle = DataBundle(FeatureDataset(sp.csr_matrix(x[:160]), y[:160]), FeatureDataset(sp.csr_matrix(x_test), y_test),
                         FeatureDataset(sp.csr_matrix(x[160:200]), y[160:200]), y[:160], ["a", "b", "c", "d"], 30)
-    monkeypatch.setattr("dbloss.pipeline.build_data", lambda cfg: bundle)
+    monkeypatch.setattr("dbloss.data.pipeline.build_data", lambda cfg: bundle)
     cfg = load_config(None, ["dataset=text-csv", "train_ann=unused.csv", "test_ann=unused.csv",
                              f"out_dir={tmp_path / 'sparse'}"])
     with pytest.warns(UserWarning, match="no positive"):
@@ -146,7 +146,7 @@ def test_a_class_without_training_positives_is_scored_with_a_constant(caplog):
     y_train, y_val = y[:150].copy(), y[150:].copy()
     y_train[:, 2] = 0  # every positive of class 2 is in the validation split
     y_val[:3, 2] = 1
-    with caplog.at_level(logging.WARNING, logger="dbloss.linear_baseline"):
+    with caplog.at_level(logging.WARNING, logger="dbloss.apps.linear_baseline"):
         fit = logistic_regression_scores(x[:150], y_train, x[:20], x_val=x[150:], y_val=y_val, n_jobs=1,
                                          **SMALL_GRID)
     assert fit.constant_classes == {"select": [2], "refit": []}  # the refit sees the validation positives
@@ -156,7 +156,7 @@ def test_a_class_without_training_positives_is_scored_with_a_constant(caplog):
 
 
 def test_logreg_is_a_row_of_a_comparison(tmp_path, capsys):
-    from dbloss.compare import _available, run_comparison, write_comparison
+    from dbloss.apps.compare import _available, run_comparison, write_comparison
 
     train_f, test_f = _feature_files(tmp_path)
     folder = tmp_path / "recipes"
@@ -184,7 +184,7 @@ def test_logreg_is_a_row_of_a_comparison(tmp_path, capsys):
 
 
 def test_logreg_is_not_a_row_of_image_comparisons():
-    from dbloss.compare import BENCHMARK_ROWS, BENCHMARKS, PAPER_ROWS, _available, reproduce
+    from dbloss.apps.compare import BENCHMARK_ROWS, BENCHMARKS, PAPER_ROWS, _available, reproduce
 
     assert "logreg" not in _available("demo") and "logreg" not in _available("voc_mlt")
     assert "logreg" in _available("reuters")

@@ -1,4 +1,4 @@
-"""Tests of dbloss.mlgcn (ML-GCN, Chen et al. 2019) and its use as a recipe's head."""
+"""Tests of dbloss.methods.ml_gcn (ML-GCN, Chen et al. 2019) and its use as a recipe's head."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from dbloss.config import load_config
-from dbloss.engine import build_network, model_from_checkpoint, train
+from dbloss.training.engine import build_network, model_from_checkpoint, train
 from dbloss.files import load_checkpoint
 from dbloss.losses import LOSS_NAMES, build_loss
-from dbloss.mlgcn import GCNClassifier, correlation_matrix, gcn_head, load_label_embeddings
+from dbloss.methods.ml_gcn import GCNClassifier, correlation_matrix, gcn_head, load_label_embeddings
 from dbloss.stats import LabelStats
 
 #: 3 classes: class 0 (4 images) meets 1 and 2 once each; 1 and 2 (2 images each) never meet.

@@ -1,4 +1,4 @@
-"""Tests of dbloss.model: the paper's classifier and feature heads."""
+"""Tests of dbloss.models.classifier: the paper's classifier and feature heads."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision
 
-from dbloss.model import FeatureClassifier, build_model
+from dbloss.models.classifier import FeatureClassifier, build_model
 
 
 def test_resnet_classifier_shapes_and_frozen_first_stage(tmp_path):

@@ -1,4 +1,4 @@
-"""Tests of dbloss.oltr (Liu et al. 2019: modulated attention, dynamic meta-embedding, centroid loss) and its
+"""Tests of dbloss.methods.oltr (Liu et al. 2019: modulated attention, dynamic meta-embedding, centroid loss) and its
 two stages in the engine."""
 
 from __future__ import annotations
@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-import dbloss.engine as engine
+import dbloss.training.engine as engine
 from dbloss.config import load_config
-from dbloss.engine import model_from_checkpoint, train
-from dbloss.export import export_model
+from dbloss.training.engine import model_from_checkpoint, train
+from dbloss.apps.export import export_model
 from dbloss.files import load_checkpoint
 from dbloss.losses import LOSS_NAMES
-from dbloss.model import FeatureClassifier, build_model
-from dbloss.oltr import (CosineClassifier, ModulatedAttention, OLTRNetwork, class_centroids,
+from dbloss.models.classifier import FeatureClassifier, build_model
+from dbloss.methods.oltr import (CosineClassifier, ModulatedAttention, OLTRNetwork, class_centroids,
                          discriminative_centroid_loss, enter_memory_stage, meta_embedding, oltr_network)
-from dbloss.predict import Predictor
-from dbloss.stages import training_stages
+from dbloss.apps.predict import Predictor
+from dbloss.training.stages import training_stages
 
 
 def test_meta_embedding_against_the_equations_sample_by_sample():

@@ -1,4 +1,4 @@
-"""Tests of dbloss.plots: figures are built from plain data without pyplot and saved as PNG."""
+"""Tests of dbloss.apps.plots: figures are built from plain data without pyplot and saved as PNG."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from dbloss.plots import (
+from dbloss.apps.plots import (
     ap_increment_figure,
     class_distribution_figure,
     frequency_order,
@@ -31,11 +31,11 @@ def _runs():
 
 
 def test_import_has_no_pyplot_or_backend_side_effects():
-    # a fresh interpreter: importing dbloss.plots and drawing a figure must not load pyplot
+    # a fresh interpreter: importing dbloss.apps.plots and drawing a figure must not load pyplot
     # nor select a backend.
     code = (
         "import sys, matplotlib; g = getattr(matplotlib.rcParams, '_get_backend_or_none', lambda: None); b = g();"
-        "import dbloss.plots as p; p.class_distribution_figure([300, 5], ['a', 'b']);"
+        "import dbloss.apps.plots as p; p.class_distribution_figure([300, 5], ['a', 'b']);"
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported';"
         "assert g() == b, 'backend changed'"
     )

@@ -1,4 +1,4 @@
-"""dbloss.predict and ``dbloss predict``: a run's answers for new images and features.
+"""dbloss.apps.predict and ``dbloss predict``: a run's answers for new images and features.
 
 Reference comparisons: the predictor's scores on the demo test images equal those the run wrote
 in ``predictions.npz`` when it was tested (same model, same evaluation preprocessing); a feature
@@ -21,9 +21,9 @@ import torch
 from dbloss.cli import main
 from dbloss.config import load_config
 from dbloss.data.coco import read_coco
-from dbloss.engine import train
+from dbloss.training.engine import train
 from dbloss.errors import UsageError
-from dbloss.predict import Predictor, predict_inputs, read_checkpoint
+from dbloss.apps.predict import Predictor, predict_inputs, read_checkpoint
 from dbloss.data.synthetic import write_synthetic_features
 
 # ---------------------------------------------------------------------------------------------
@@ -211,7 +211,7 @@ def test_cli_unreadable_inputs_error_or_skipped_and_counted(demo, tmp_path, caps
 
 
 def test_cli_refuses_checkpoints_of_another_kind(demo, tmp_path, capsys):
-    from dbloss.model import build_backbone
+    from dbloss.models.classifier import build_backbone
 
     image = _test_images(demo, 1)[0]
     weights = tmp_path / "small_cnn.pth"  # what `dbloss pretrain` writes: a bare state dict
@@ -265,7 +265,7 @@ def test_feature_model_predicts_npz_and_checks_dimensions(feature_run, demo, tmp
 def test_feature_model_with_its_backbone_answers_for_images(demo, tmp_path, capsys):
     """Extract features with a (random-init, seeded) small_cnn, train a head, then predict images
     through the backbone: the same scores as for the images' extracted features."""
-    from dbloss.embed import extract_features
+    from dbloss.apps.embed import extract_features
 
     table = read_coco(demo["test_json"], demo["images"])
     train_f, test_f = tmp_path / "train.npz", tmp_path / "test.npz"

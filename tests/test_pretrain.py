@@ -1,4 +1,4 @@
-"""Tests of dbloss.pretrain and the built-in balanced source set (the stand-in for ImageNet)."""
+"""Tests of dbloss.models.pretrain and the built-in balanced source set (the stand-in for ImageNet)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torchvision
 
 from dbloss.config import load_config
 from dbloss.data.synthetic import DEMO_CLASSES, generate_source_dataset
-from dbloss.model import build_model
-from dbloss.pretrain import PretrainConfig, builtin_weights, pretrain, resolve_weights
+from dbloss.models.classifier import build_model
+from dbloss.models.pretrain import PretrainConfig, builtin_weights, pretrain, resolve_weights
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_pretraining_learns_the_source_task(tmp_path):
 
 
 def test_builtin_weights_are_cached_and_resolved(tmp_path, monkeypatch):
-    import dbloss.pretrain as pt
+    import dbloss.models.pretrain as pt
 
     calls = []
     real = pt.pretrain

@@ -1,4 +1,4 @@
-"""Tests of dbloss.report: run folders -> Markdown table, figures, self-contained HTML."""
+"""Tests of dbloss.apps.report: run folders -> Markdown table, figures, self-contained HTML."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from dbloss.report import load_runs, results_table, select_increment_pair, write_report
+from dbloss.apps.report import load_runs, results_table, select_increment_pair, write_report
 from dbloss.stats import GROUPS, LabelStats, class_split
 
 FREQ = np.array([400, 150, 120, 60, 30, 25, 12, 8, 5, 3])

@@ -123,7 +123,7 @@ def test_reuters_matches_aptemod(reuters_dir):
 def test_text_vectorizer_huang_is_sklearn_count_tfidf_defaults():
     from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer
 
-    from dbloss.pipeline import text_vectorizer
+    from dbloss.data.pipeline import text_vectorizer
 
     docs = ["Cocoa prices rose sharply", "cocoa exports fell", "a rare zinc strike", "Prices of cocoa and zinc"]
     ours = text_vectorizer("huang").fit(docs)
@@ -140,7 +140,7 @@ def test_text_vectorizer_huang_is_sklearn_count_tfidf_defaults():
 
 def test_text_features_validated():
     from dbloss.config import load_config
-    from dbloss.pipeline import text_vectorizer
+    from dbloss.data.pipeline import text_vectorizer
 
     assert load_config("reuters/bce").text_features == "huang" and load_config("reuters/bce").tfidf_max_features is None
     with pytest.raises(ValueError, match="`text_features` to be one of \\('huang', 'sublinear'\\), but got 'bigram'"):
@@ -165,7 +165,7 @@ def test_reuters_features_keep_whole_training_vocabulary(reuters_dir):
     from sklearn.feature_extraction.text import CountVectorizer
 
     from dbloss.config import load_config
-    from dbloss.pipeline import build_data
+    from dbloss.data.pipeline import build_data
 
     cfg = load_config("reuters/bce", [f"data_root={reuters_dir}"])
     data = build_data(cfg)
@@ -188,7 +188,7 @@ def test_reuters_svm_reproduces_huang_et_al(reuters_dir):
     of their script is well below both, and the earlier features lose macro-F1. About 15 s.
     """
     from dbloss.config import load_config
-    from dbloss.pipeline import build_data
+    from dbloss.data.pipeline import build_data
 
     bench = _bench_module()
     micro, macro = bench.PUBLISHED["svm"]

@@ -101,7 +101,7 @@ def test_recipes_share_protocol_and_optimiser():
 
 
 def test_db_focal_recipe_trains_with_huang_protocol(reuters_dir, tmp_path):
-    from dbloss.engine import train
+    from dbloss.training.engine import train
 
     cfg = load_config("reuters/db_focal", [f"data_root={reuters_dir}", f"out_dir={tmp_path}", "epochs=2",
                                            "tfidf_max_features=2000"])
@@ -131,7 +131,7 @@ def test_db_focal_recipe_trains_with_huang_protocol(reuters_dir, tmp_path):
 
 def test_recipe_linear_head_option():
     """``neck_dim=0`` (``benchmarks/reuters.py --head linear``) makes the recipes' head one linear map."""
-    from dbloss.model import build_model
+    from dbloss.models.classifier import build_model
 
     cfg = load_config("reuters/db_focal", ["neck_dim=0"])
     net = build_model(90, input_type="features", neck_dim=cfg.neck_dim, dropout=cfg.dropout, in_features=500)

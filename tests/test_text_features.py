@@ -1,5 +1,5 @@
 """Tests of dbloss.data.text (``dataset=text-csv``) and dbloss.data.features (sparse feature files,
-batched fetching), and of their wiring in dbloss.pipeline.build_data."""
+batched fetching), and of their wiring in dbloss.data.pipeline.build_data."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, default_collate
 from dbloss.config import load_config
 from dbloss.data.features import FeatureDataset, collate_features, load_feature_file, load_label_file
 from dbloss.data.text import read_label_csv, read_text_csv
-from dbloss.pipeline import build_data
+from dbloss.data.pipeline import build_data
 
 CLASSES = ["grain", "money", "oil"]
 WORDS = {"grain": "wheat corn harvest", "money": "bank rates interest", "oil": "crude barrel opec"}
@@ -264,7 +264,7 @@ def _check_run(out: Path, res: dict, chance: float) -> None:
 
 
 def test_train_text_csv_end_to_end(tmp_path):
-    from dbloss.engine import train
+    from dbloss.training.engine import train
 
     test_docs = _docs(30, seed=1)
     train_f = _write_text_csv(tmp_path / "train.csv", _docs(60, seed=0), "list")
@@ -275,7 +275,7 @@ def test_train_text_csv_end_to_end(tmp_path):
 
 
 def test_train_sparse_features_end_to_end(tmp_path):
-    from dbloss.engine import train
+    from dbloss.training.engine import train
 
     for split, n, seed in (("train", 80, 0), ("test", 40, 1)):
         x, y = _sparse_set(n, 30, seed)

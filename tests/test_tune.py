@@ -1,4 +1,4 @@
-"""dbloss.tune: settings chosen on a validation split with Optuna, the final run, resume, shared storage."""
+"""dbloss.training.tune: settings chosen on a validation split with Optuna, the final run, resume, shared storage."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 from dbloss.cli import main
 from dbloss.config import TrainConfig, load_config
 from dbloss.data.synthetic import write_synthetic_features
-from dbloss.engine import train
-from dbloss.tune import final_config, search_space, tune
+from dbloss.training.engine import train
+from dbloss.training.tune import final_config, search_space, tune
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def test_the_test_split_plays_no_part_in_the_choice(features, tmp_path):
 
 
 def test_a_killed_study_resumes_and_runs_only_the_missing_trials(features, tmp_path, monkeypatch):
-    import dbloss.tune as tune_module
+    import dbloss.training.tune as tune_module
 
     out = tmp_path / "resumed"
     real, calls = tune_module.trial_config, []
@@ -131,7 +131,7 @@ def test_search_space_widens_to_hold_the_recipe_and_names_the_db_terms():
 def test_the_final_run_follows_the_best_trials_schedule(tmp_path):
     cfg = TrainConfig(epochs=8, lr_steps=[0.625, 0.875], val_size=100, keep_best=True, threshold_search=[0.3, 0.7, 0.1])
     final = final_config(cfg, {"lr": 0.05}, {"epoch": 6, "threshold": 0.4}, tmp_path)
-    from dbloss.engine import get_lr
+    from dbloss.training.engine import get_lr
 
     assert (final.epochs, final.val_size, final.keep_best, final.threshold, final.lr) == (6, 0, False, 0.4, 0.05)
     trial = load_config(None, ["lr=0.05"], base=cfg.to_dict())

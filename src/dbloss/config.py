@@ -85,10 +85,10 @@ class TrainConfig:
     # the linear classifier's initial bias: "default" (torch's, about 0: every class starts at a prior of 1/2), or
     # "prior" (the log-odds of each class's training prior, engine.prior_bias_; configs/features/ use it)
     bias_init: Literal["default", "prior"] = "default"
-    # classifier: "linear"; "ml-gcn" (Chen et al. 2019, dbloss.mlgcn: classifiers produced by a 2-layer GCN over
-    # the training labels' co-occurrence graph from label embeddings); "oltr" (Liu et al. 2019, dbloss.oltr: a
+    # classifier: "linear"; "ml-gcn" (Chen et al. 2019, dbloss.methods.ml_gcn: classifiers produced by a 2-layer GCN over
+    # the training labels' co-occurrence graph from label embeddings); "oltr" (Liu et al. 2019, dbloss.methods.oltr: a
     # second stage of stage2_epochs with modulated attention and the meta-embedding classifier over the class
-    # centroids); "bbn" (Zhou et al. 2020, dbloss.bbn: a conventional branch on `sampler` and a re-balancing
+    # centroids); "bbn" (Zhou et al. 2020, dbloss.methods.bbn: a conventional branch on `sampler` and a re-balancing
     # branch on `bbn_sampler`, mixed by cumulative learning)
     head: Literal["linear", "ml-gcn", "oltr", "bbn"] = "linear"
     label_embeddings: str | None = None  # ml-gcn: a .npy file (C x E, class order), e.g. GloVe; null: one-hot
@@ -110,7 +110,7 @@ class TrainConfig:
     sampler_reduce: int = 4
     head_min: int = DEFAULT_HEAD_MIN
     tail_max: int = DEFAULT_TAIL_MAX
-    # decoupling (Kang et al. 2020, dbloss.decoupling): after the `epochs` of stage 1, freeze all but the
+    # decoupling (Kang et al. 2020, dbloss.methods.decoupling): after the `epochs` of stage 1, freeze all but the
     # classifier and re-train it (crt: re-initialised; lws: per-class scales) or tau-normalise it (tau-norm).
     # The stage2_* fields are also those of OLTR's second stage (head: oltr).
     decoupling: Literal["none", "crt", "lws", "tau-norm"] = "none"

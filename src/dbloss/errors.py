@@ -15,7 +15,7 @@ class UsageError(ValueError):
 
 
 class TrainingFailedError(RuntimeError):
-    """A run that cannot give a useful model (:mod:`dbloss.health`): the message names what went
+    """A run that cannot give a useful model (:mod:`dbloss.training.health`): the message names what went
     wrong, the likely cause and the fix; the CLI reports it as ``error: ...`` (exit code 2)."""
 
 

@@ -72,6 +72,6 @@ def format_mean_sd(mean: float, sd: float) -> str:
 
 def seed_table(rows: Sequence[dict[str, Any]]) -> str:
     """A Markdown table of seed summaries (``{"name", "loss", "sampler", "mean": {...}, "sd": {...}}``
-    with the keys of :data:`SEED_METRICS`, as :func:`dbloss.report.seed_summary` makes): mean ± sample sd, x100."""
+    with the keys of :data:`SEED_METRICS`, as :func:`dbloss.apps.report.seed_summary` makes): mean ± sample sd, x100."""
     return _markdown([[str(r["name"]), str(r["loss"]), str(r["sampler"]),
                        *(format_mean_sd(r["mean"][k], r["sd"][k]) for k in SEED_METRICS)] for r in rows])

@@ -13,7 +13,7 @@ loop already has and return a sentence when something is wrong (``None`` when no
   prevalence, what AP gives a ranking that knows nothing, and a constant one);
 * :func:`non_finite_advice`: the fix to name when the loss turned NaN or infinite.
 
-The engine (:mod:`dbloss.engine`) calls them after each epoch: a collapse stops the run
+The engine (:mod:`dbloss.training.engine`) calls them after each epoch: a collapse stops the run
 (:class:`dbloss.errors.TrainingCollapsedError`) or only warns (``health=warn``), the others warn;
 every finding is written to ``log.jsonl`` and to ``metrics.json`` (``"health"``).
 """

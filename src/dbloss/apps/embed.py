@@ -20,9 +20,9 @@ reads, so the file trains a head with ``dataset: features`` (``train_ann`` / ``t
 
 Backbones: ``clip:ARCH[@PRETRAINED]`` (an open_clip image tower, ``model.encode_image``, with
 open_clip's own preprocessing: resize of the short side, centre crop, CLIP normalisation),
-``timm:NAME`` and the names :func:`dbloss.model.build_backbone` takes (torchvision models,
+``timm:NAME`` and the names :func:`dbloss.models.classifier.build_backbone` takes (torchvision models,
 ``small_cnn``); those two use dbloss's evaluation transform (resize to ``image_size`` square, as
-training does) with the backbone's own mean and std (:func:`dbloss.backbones.backbone_preprocessing`).
+training does) with the backbone's own mean and std (:func:`dbloss.models.backbones.backbone_preprocessing`).
 
 Inputs: image files, folders (searched recursively, sorted), CSV files of image paths with label
 columns (:func:`dbloss.data.custom.read_csv`), COCO-format JSON files
@@ -55,13 +55,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from dbloss.backbones import (CLIP_PREFIX, MissingDependencyError, backbone_preprocessing, build_timm_backbone,
+from dbloss.models.backbones import (CLIP_PREFIX, MissingDependencyError, backbone_preprocessing, build_timm_backbone,
                               is_timm_name, parse_clip_name)
 from dbloss.data.images import ImageLoadError, load_image
 from dbloss.data.table import MultiLabelSet
 from dbloss.errors import UsageError
 from dbloss.files import write_json
-from dbloss.model import is_pretrained
+from dbloss.models.classifier import is_pretrained
 
 __all__ = ["FeatureExtractor", "FeatureResult", "ImageInputs", "IMAGE_SUFFIXES", "build_extractor",
            "check_feature_dim", "collect_inputs", "extract_demo_features", "extract_features", "extractor_from_meta",
@@ -234,11 +234,11 @@ def build_extractor(
         raise UsageError("backbone 'small_cnn' has no published weights: use weights demo-source (pretrained on the "
                          "built-in source set, made on first use), a local .pth file, or none")
     if weights == "demo-source":
-        from dbloss.pretrain import resolve_weights
+        from dbloss.models.pretrain import resolve_weights
 
         with torch.random.fork_rng(devices=[]):  # pretraining here (first use) or not: the caller's generator unchanged
             weights = resolve_weights(weights, backbone, size, None if data_root is None else str(data_root))
-    from dbloss.model import build_backbone
+    from dbloss.models.classifier import build_backbone
 
     with _seeded(weights):
         if is_timm_name(backbone):
@@ -644,7 +644,7 @@ def check_feature_dim(path: str | Path, expected: int | nn.Module, *, what: str 
     Args:
         path: a features file (``.npz`` / ``.pt``, as :func:`~dbloss.data.features.load_feature_file` reads).
         expected: the dimension, or a model whose first ``nn.Linear`` takes the features
-            (:class:`~dbloss.model.FeatureClassifier`).
+            (:class:`~dbloss.models.classifier.FeatureClassifier`).
 
     Raises:
         UsageError: the dimensions differ; the message names both, and the file's backbone.

@@ -7,7 +7,7 @@ features for feature models) -> ``(B, C)``, with a dynamic batch dimension, and 
 the caller must apply (resize to S x S, aspect not kept, antialiased; scale to [0, 1]; normalise
 with ``mean`` / ``std``: :func:`dbloss.data.transforms.eval_transform`).
 
-The model comes from :meth:`dbloss.predict.Predictor.from_checkpoint` (the engine's one builder),
+The model comes from :meth:`dbloss.apps.predict.Predictor.from_checkpoint` (the engine's one builder),
 so an exported file answers exactly as ``dbloss predict`` does. After writing, the file is loaded
 back (``torch.jit.load`` / onnxruntime) and its scores on a batch of another size than the one
 exported with are compared with the checkpoint's; the difference is in the sidecar (``check``) and
@@ -31,7 +31,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from dbloss.backbones import MissingDependencyError
+from dbloss.models.backbones import MissingDependencyError
 from dbloss.errors import UsageError
 from dbloss.files import write_json
 
@@ -100,7 +100,7 @@ def export_metadata(predictor: Any, fmt: str, path: Path) -> dict[str, Any]:
     }
     if predictor.input_type == "features":
         meta.update(input="features", input_shape=["batch", predictor.in_features])
-        from dbloss.embed import read_feature_meta
+        from dbloss.apps.embed import read_feature_meta
 
         if cfg.train_ann and Path(cfg.train_ann).is_file():  # which backbone made the training features, if recorded
             with contextlib.suppress(OSError, ValueError, KeyError):
@@ -189,7 +189,7 @@ def export_model(
         opset: ONNX opset version (default: the exporter's).
 
     Raises:
-        UsageError: an unknown format, not a dbloss checkpoint (:func:`dbloss.predict.read_checkpoint`),
+        UsageError: an unknown format, not a dbloss checkpoint (:func:`dbloss.apps.predict.read_checkpoint`),
         the exported model's scores differ from the checkpoint's by more than ``atol``.
         MissingDependencyError: ONNX without onnx / onnxscript installed.
 
@@ -197,7 +197,7 @@ def export_model(
     >>> res.path, res.sidecar  # doctest: +SKIP
     (PosixPath('runs/demo/erm/model.onnx'), PosixPath('runs/demo/erm/model.onnx.json'))
     """
-    from dbloss.predict import Predictor
+    from dbloss.apps.predict import Predictor
 
     if format not in DEFAULT_NAMES:
         raise UsageError(f"Expected `format` to be one of {tuple(DEFAULT_NAMES)}, but got {format!r}")

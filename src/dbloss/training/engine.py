@@ -4,10 +4,10 @@
   :func:`build`, trains epoch after epoch with :func:`train_one_epoch` (the paper's schedule:
   SGD, or AdamW as an option; linear warm-up, step decay, gradient clipping), writes an atomic
   checkpoint every epoch and tests at the end: ``metrics.json``, ``metrics.md``, ``predictions.npz``.
-  A recipe with ``decoupling`` (:mod:`dbloss.decoupling`) or ``head: oltr`` (:mod:`dbloss.oltr`)
-  has a second stage (:mod:`dbloss.stages`): the same loop over :func:`train_one_epoch` with the
+  A recipe with ``decoupling`` (:mod:`dbloss.methods.decoupling`) or ``head: oltr`` (:mod:`dbloss.methods.oltr`)
+  has a second stage (:mod:`dbloss.training.stages`): the same loop over :func:`train_one_epoch` with the
   stage's configuration, in the same run folder; checkpoints name their stage, so ``--resume``
-  continues in it. ``head: bbn`` (:mod:`dbloss.bbn`) trains on pairs of batches from two samplers.
+  continues in it. ``head: bbn`` (:mod:`dbloss.methods.bbn`) trains on pairs of batches from two samplers.
 * :func:`evaluate` (``-> (scores, targets)``) predicts a dataset; :func:`evaluate_checkpoint`
   tests a saved checkpoint with the same :func:`build`.
 * Pure helpers: :func:`get_lr`, :func:`lr_step_epochs`, :func:`schedule_warnings`, :func:`result_record`.
@@ -35,23 +35,23 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from dbloss.bbn import PairedDataset, PairedSampler, bbn_loss, bbn_network, cumulative_alpha
+from dbloss.methods.bbn import PairedDataset, PairedSampler, bbn_loss, bbn_network, cumulative_alpha
 from dbloss.config import TrainConfig, load_config, save_config
 from dbloss.data.features import collate_features
-from dbloss.decoupling import ScaledLinear, enter_stage2, trainable_parameters
+from dbloss.methods.decoupling import ScaledLinear, enter_stage2, trainable_parameters
 from dbloss.distributed import DistEnv, barrier, gather_predictions, init_distributed
 from dbloss.errors import NonFiniteLossError, TrainingCollapsedError, UsageError
-from dbloss.health import chance_map, chance_message, collapse_message, non_finite_advice, stalled_loss_message
+from dbloss.training.health import chance_map, chance_message, collapse_message, non_finite_advice, stalled_loss_message
 from dbloss.files import jsonable, load_checkpoint, save_checkpoint, write_json, write_text
 from dbloss.losses import build_loss
 from dbloss.metrics import f1_scores, mean_average_precision, nanmean, summarize
-from dbloss.mlgcn import gcn_head
-from dbloss.model import build_model, is_pretrained, resolve_frozen_stages
-from dbloss.oltr import class_centroids, enter_memory_stage, oltr_network
-from dbloss.pipeline import DataBundle, build_data, eval_view, prepare_data
-from dbloss.pretrain import BUILTIN_WEIGHTS, resolve_weights
+from dbloss.methods.ml_gcn import gcn_head
+from dbloss.models.classifier import build_model, is_pretrained, resolve_frozen_stages
+from dbloss.methods.oltr import class_centroids, enter_memory_stage, oltr_network
+from dbloss.data.pipeline import DataBundle, build_data, eval_view, prepare_data
+from dbloss.models.pretrain import BUILTIN_WEIGHTS, resolve_weights
 from dbloss.sampling import ClassAwareSampler, ReversedSampler
-from dbloss.stages import training_stages
+from dbloss.training.stages import training_stages
 from dbloss.stats import LabelStats
 from dbloss.thresholds import per_class_thresholds
 from dbloss.tables import results_table
@@ -321,8 +321,8 @@ def build_network(cfg: TrainConfig, num_classes: int, device: torch.device, *, i
 
 
 def _set_classifier(model: nn.Module, cfg: TrainConfig, stats: LabelStats | None) -> None:
-    """The recipe's classifier in place of the linear one: ML-GCN's (:mod:`dbloss.mlgcn`), or
-    LWS's linear layer with per-class scales (:class:`dbloss.decoupling.ScaledLinear`)."""
+    """The recipe's classifier in place of the linear one: ML-GCN's (:mod:`dbloss.methods.ml_gcn`), or
+    LWS's linear layer with per-class scales (:class:`dbloss.methods.decoupling.ScaledLinear`)."""
     linear = model.classifier
     if cfg.head == "ml-gcn":
         if stats is None:
@@ -440,7 +440,7 @@ def predict(model: nn.Module, ds: Any, cfg: TrainConfig, device: torch.device, e
 
 
 def _targets(ds: Any) -> torch.Tensor:
-    """(N, C) targets of a dataset built by :mod:`dbloss.pipeline`."""
+    """(N, C) targets of a dataset built by :mod:`dbloss.data.pipeline`."""
     if hasattr(ds, "targets"):
         return torch.as_tensor(ds.targets)
     return torch.as_tensor(ds.table.labels)
@@ -580,9 +580,9 @@ class _TrainState:
     epoch: int = 0
     iteration: int = 0
     best: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "micro_f1": -1.0})
-    stage: int = 1  # the stage the model is in (2: decoupling's classifier stage, dbloss.decoupling)
-    losses: list[float] = field(default_factory=list)  # this stage's epoch losses (this process's; dbloss.health)
-    health: dict[str, str] = field(default_factory=dict)  # what dbloss.health found, by kind (each reported once)
+    stage: int = 1  # the stage the model is in (2: decoupling's classifier stage, dbloss.methods.decoupling)
+    losses: list[float] = field(default_factory=list)  # this stage's epoch losses (this process's; dbloss.training.health)
+    health: dict[str, str] = field(default_factory=dict)  # what dbloss.training.health found, by kind (each reported once)
 
 
 #: Training samples whose scores the collapse check looks at after every epoch.
@@ -604,7 +604,7 @@ def _probe_scores(model: nn.Module, data: DataBundle, cfg: TrainConfig, device: 
 
 
 def _report_health(kind: str, message: str, state: _TrainState, runlog: _RunLog, env: DistEnv) -> None:
-    """Record a finding of :mod:`dbloss.health` (once per kind): a warning, ``log.jsonl``, ``metrics.json``."""
+    """Record a finding of :mod:`dbloss.training.health` (once per kind): a warning, ``log.jsonl``, ``metrics.json``."""
     if kind in state.health:
         return
     state.health[kind] = message
@@ -615,7 +615,7 @@ def _report_health(kind: str, message: str, state: _TrainState, runlog: _RunLog,
 
 def _check_health(model: nn.Module, data: DataBundle, cfg: TrainConfig, device: torch.device, env: DistEnv,
                   state: _TrainState, runlog: _RunLog, val: dict[str, Any] | None) -> None:
-    """After an epoch (:mod:`dbloss.health`): a collapsed model stops the run (``health=stop``) or is
+    """After an epoch (:mod:`dbloss.training.health`): a collapsed model stops the run (``health=stop``) or is
     warned about; a loss that does not fall and a validation mAP at chance are warned about."""
     if cfg.health == "off":
         return
@@ -635,7 +635,7 @@ def _check_health(model: nn.Module, data: DataBundle, cfg: TrainConfig, device: 
 
 def _check_chance(val_map: float, data: DataBundle, cfg: TrainConfig, state: _TrainState, runlog: _RunLog,
                   env: DistEnv) -> None:
-    """Warn when the validation mAP is at chance level (:func:`dbloss.health.chance_message`)."""
+    """Warn when the validation mAP is at chance level (:func:`dbloss.training.health.chance_message`)."""
     at_chance = chance_message(val_map, chance_map(_targets(data.val)), epoch=state.epoch, lr=cfg.lr,
                                optimizer=cfg.optimizer, weight_decay=cfg.weight_decay)
     if at_chance is not None:
@@ -656,7 +656,7 @@ def _step_loss(net: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Ten
                device: torch.device, epoch: int) -> torch.Tensor:
     """The training loss of one batch (the model under autocast, the loss in float32): the recipe's
     loss on the model's logits; for ``head: bbn`` BBN's mix of its branches and of its two batches
-    (x (B, 2, ...), y (B, 2, C), :func:`dbloss.bbn.bbn_loss`); for ``head: oltr`` plus the weighted
+    (x (B, 2, ...), y (B, 2, C), :func:`dbloss.methods.bbn.bbn_loss`); for ``head: oltr`` plus the weighted
     discriminative centroid loss that the model returns (0 in stage 1)."""
     y = y.to(device, non_blocking=True)
     if cfg.head == "bbn":
@@ -871,7 +871,7 @@ def _open_run(cfg: TrainConfig, env: DistEnv, device: torch.device, resume: bool
 
 def _store_thresholds(out: Path, res: dict[str, Any]) -> None:
     """Add the decision thresholds the run chose (global, and per class when it had a validation
-    split) to its checkpoints, where :mod:`dbloss.predict` reads them."""
+    split) to its checkpoints, where :mod:`dbloss.apps.predict` reads them."""
     thresholds = {"global": float(res["threshold"]),
                   "per_class": res.get("per_class_thresholds", {}).get("thresholds")}
     for name in ("checkpoint.pt", "best.pt"):
@@ -905,7 +905,7 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, overwrite: bool = Fal
           on_epoch: Callable[[int, dict[str, Any]], None] | None = None, test: bool = True) -> dict[str, Any]:
     """Train and evaluate a recipe; returns the final metrics (as written to ``metrics.json``).
 
-    After every epoch the run's health is checked (:mod:`dbloss.health`): a model whose outputs
+    After every epoch the run's health is checked (:mod:`dbloss.training.health`): a model whose outputs
     collapsed stops the run with :class:`dbloss.errors.TrainingCollapsedError` (``health=stop``),
     a loss that does not fall or a validation mAP at chance is warned about; a non-finite loss
     raises :class:`dbloss.errors.NonFiniteLossError`. Both messages name the fix.
@@ -917,7 +917,7 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, overwrite: bool = Fal
             holding a run (:data:`RUN_FILES`) is refused, so a repeated command loses nothing.
         progress: show a per-iteration progress bar (rank 0 only).
         on_epoch: with ``keep_best``, called after every epoch as ``on_epoch(epoch, val)`` with the
-            epoch's validation scores (:func:`validation_scores`); what :mod:`dbloss.tune` reports to
+            epoch's validation scores (:func:`validation_scores`); what :mod:`dbloss.training.tune` reports to
             its pruner (an exception it raises ends the run).
         test: ``False`` trains without touching the test split (a tuning trial) and returns
             ``{"best": the best validated epoch and its scores, "epochs_run", "health"}``.
@@ -933,7 +933,7 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, overwrite: bool = Fal
         if data.input_type == "image":
             _log_model(model, cfg)
     loss_fn = _build_loss(cfg, stats).to(device)
-    stages = training_stages(cfg)  # one stage, or decoupling's two (dbloss.decoupling)
+    stages = training_stages(cfg)  # one stage, or decoupling's two (dbloss.methods.decoupling)
     optimizer = build_optimizer(trainable_parameters(model), cfg)
     if ckpt is not None and ckpt.get("stage", 1) == 2:  # a stage-2 checkpoint: the model and optimiser of stage 2
         optimizer = _enter_stage2(model, stages[1].cfg, optimizer, fresh=False)
@@ -994,9 +994,9 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, overwrite: bool = Fal
 def _enter_stage2(model: nn.Module, stage_cfg: TrainConfig, optimizer: torch.optim.Optimizer, *, fresh: bool,
                   centroids: torch.Tensor | None = None) -> torch.optim.Optimizer:
     """The model in its stage 2 and the stage's optimiser over what it trains: decoupling's
-    classifier (:func:`dbloss.decoupling.enter_stage2`; tau-norm trains nothing: the stage-1
+    classifier (:func:`dbloss.methods.decoupling.enter_stage2`; tau-norm trains nothing: the stage-1
     optimiser is kept, unused) or OLTR's whole model with its memory, ``centroids`` (C, D)
-    (:func:`dbloss.oltr.enter_memory_stage`). ``fresh``: the stage boundary of a run; False when
+    (:func:`dbloss.methods.oltr.enter_memory_stage`). ``fresh``: the stage boundary of a run; False when
     the model will receive the weights of a stage-2 checkpoint (resume)."""
     if stage_cfg.head == "oltr":
         enter_memory_stage(model, centroids if fresh else None)

@@ -1,7 +1,7 @@
 """Answers from a trained run: class scores and predicted labels for new images or features.
 
 :class:`Predictor` rebuilds a run's model from its checkpoint (the configuration and label
-statistics it holds, with the engine's one builder, :func:`dbloss.engine.model_from_checkpoint`),
+statistics it holds, with the engine's one builder, :func:`dbloss.training.engine.model_from_checkpoint`),
 preprocesses images exactly as the run's evaluation did (:func:`dbloss.data.transforms.eval_transform`
 at the run's ``image_size``) and decides with the run's thresholds:
 
@@ -19,7 +19,7 @@ one score column per class) as CSV or JSON lines. An unreadable input is an erro
 with ``skip_bad`` left out, named in ``<out>.skipped.txt`` and counted.
 
 A feature model (a run with ``dataset=features``) answers for images given the backbone its
-features came from (``backbone=``): :func:`dbloss.embed.build_extractor` embeds the images and the
+features came from (``backbone=``): :func:`dbloss.apps.embed.build_extractor` embeds the images and the
 head scores the embeddings.
 """
 
@@ -189,7 +189,7 @@ class Predictor:
             raise ValueError(f"Expected {len(self.class_names)} thresholds, but got shape "
                              f"{tuple(self.thresholds.shape)}")
         self.threshold_source = threshold_source
-        dim = getattr(self.model, "in_features", None)  # D of a model on features (dbloss.model), None for images
+        dim = getattr(self.model, "in_features", None)  # D of a model on features (dbloss.models.classifier), None for images
         self.input_type = "features" if dim else "image"
         self.in_features: int | None = int(dim) if dim else None
         self.checkpoint = None if checkpoint is None else Path(checkpoint)
@@ -223,7 +223,7 @@ class Predictor:
             path: a run folder or a checkpoint file written by ``dbloss train``.
             device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda:1"``, ... Default ``"auto"``.
             backbone: feature models only: the backbone that embeds images for the head
-                (:func:`dbloss.embed.build_extractor`: ``timm:NAME``, ``clip:ARCH[@TAG]``, a
+                (:func:`dbloss.apps.embed.build_extractor`: ``timm:NAME``, ``clip:ARCH[@TAG]``, a
                 torchvision name, ``small_cnn``), the one the training features came from.
             backbone_weights: its weights (``"DEFAULT"``, a local file, ``"demo-source"``, None for
                 random init, seeded as ``dbloss features`` seeds it). Default ``"DEFAULT"``.
@@ -236,7 +236,7 @@ class Predictor:
             weights file, another program's file), a backbone for an image model, a backbone whose
             features do not fit the head (both dimensions named).
         """
-        from dbloss.engine import model_from_checkpoint
+        from dbloss.training.engine import model_from_checkpoint
 
         file, ckpt = read_checkpoint(path)
         cfg, stats, model = model_from_checkpoint(ckpt, "cpu")
@@ -383,7 +383,7 @@ def _feature_extractor(cfg: TrainConfig, backbone: str, weights: str | None, ima
                        data_root: str | Path | None) -> nn.Module:
     """The frozen backbone that embeds images for a feature model; warns when the run's training
     features record another backbone."""
-    from dbloss.embed import build_extractor, read_feature_meta
+    from dbloss.apps.embed import build_extractor, read_feature_meta
 
     if cfg.dataset not in ("features", "reuters"):
         raise UsageError(f"--backbone {backbone}: this is an image model (dataset={cfg.dataset}, backbone "
@@ -452,7 +452,7 @@ def _collect(inputs: Sequence[str | Path], *, images_root: str | Path | None, pa
              id_column: str | None) -> _Inputs:
     """The inputs named on the command line, in order (see :func:`predict_inputs`)."""
     from dbloss.data.features import load_feature_file
-    from dbloss.embed import IMAGE_SUFFIXES, collect_inputs
+    from dbloss.apps.embed import IMAGE_SUFFIXES, collect_inputs
 
     out = _Inputs()
     kinds: set[str] = set()
@@ -607,7 +607,7 @@ def predict_inputs(
     skipped: list[dict[str, str]] = []
     bar = tqdm(total=len(data), desc="predict", unit="input", disable=not progress)
     if data.features:
-        from dbloss.embed import check_feature_dim
+        from dbloss.apps.embed import check_feature_dim
 
         if predictor.input_type != "features":
             raise UsageError(f"{predictor.checkpoint} is an image model ({predictor.config.backbone}): it takes "

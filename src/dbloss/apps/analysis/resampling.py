@@ -36,8 +36,8 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from dbloss.analysis.output import write_analysis
-from dbloss.plots import GROUP_COLORS, class_axis, frequency_order, shade_groups
+from dbloss.apps.analysis.output import write_analysis
+from dbloss.apps.plots import GROUP_COLORS, class_axis, frequency_order, shade_groups
 from dbloss.sampling import ClassAwareSampler
 from dbloss.stats import GROUPS, LabelStats, validate_label_matrix
 

@@ -1,7 +1,7 @@
-"""``dbloss predict`` and ``dbloss export``: the sub-commands of :mod:`dbloss.predict` and
-:mod:`dbloss.export` (registered by ``dbloss.cli``).
+"""``dbloss predict`` and ``dbloss export``: the sub-commands of :mod:`dbloss.apps.predict` and
+:mod:`dbloss.apps.export` (registered by ``dbloss.cli``).
 
-Kept apart from ``cli.py`` as ``dbloss features`` is (:mod:`dbloss.cli_features`); the work is in
+Kept apart from ``cli.py`` as ``dbloss features`` is (:mod:`dbloss.cli.features`); the work is in
 the library modules, imported only when a command runs.
 """
 
@@ -18,7 +18,7 @@ def _names(items: list[dict[str, str]], limit: int = 5) -> str:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from dbloss.predict import Predictor, predict_inputs, write_predictions
+    from dbloss.apps.predict import Predictor, predict_inputs, write_predictions
 
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, backbone=args.backbone,
                                           backbone_weights=None if str(args.backbone_weights).lower() == "none"
@@ -38,7 +38,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from dbloss.export import export_model
+    from dbloss.apps.export import export_model
 
     res = export_model(args.checkpoint, args.format, args.out, atol=args.atol, opset=args.opset)
     check = "not checked (onnxruntime not installed)" if res.max_abs_diff is None else \

@@ -24,8 +24,8 @@ import torch
 from matplotlib.figure import Figure
 
 from dbloss.losses import reference
-from dbloss.analysis.output import write_analysis
-from dbloss.plots import GROUP_COLORS, class_axis, frequency_order, shade_groups
+from dbloss.apps.analysis.output import write_analysis
+from dbloss.apps.plots import GROUP_COLORS, class_axis, frequency_order, shade_groups
 from dbloss.stats import GROUPS, LabelStats, validate_label_matrix
 
 __all__ = [

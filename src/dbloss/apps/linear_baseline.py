@@ -3,7 +3,7 @@
 One binary scikit-learn ``LogisticRegression`` per class on the recipe's features (the one-vs-rest
 linear model that a 20-line script fits), its regularisation ``C`` and ``class_weight`` chosen on a
 validation split carved from the training split, then refitted on all training samples and tested
-once. :func:`train_logistic_regression` writes the run folder as :func:`dbloss.engine.train` does
+once. :func:`train_logistic_regression` writes the run folder as :func:`dbloss.training.engine.train` does
 (``config.yaml``, ``label_stats.json``, ``metrics.json`` / ``metrics.md`` / ``predictions.npz``)
 plus ``logreg.json`` (the choice, the validation mAP of every grid point, the fit seconds);
 :func:`logistic_regression_scores` is the same on arrays (dense or SciPy sparse).
@@ -222,7 +222,7 @@ def logistic_regression_scores(
         x_test: (N_test, D) features to score.
         x_val, y_val: a validation split of its own (then all of ``x_train`` is the training part);
             None: ``val_size`` (a count, or a fraction) of ``x_train`` is held out with ``seed``
-            (:func:`dbloss.pipeline.holdout_count`, the recipes' hold-out).
+            (:func:`dbloss.data.pipeline.holdout_count`, the recipes' hold-out).
         c_grid, class_weights: the grid (default :data:`C_GRID` x :data:`CLASS_WEIGHTS`).
         n_jobs: threads the classes are spread over (None: the CPUs this process may use).
         class_names: for log lines only.
@@ -236,7 +236,7 @@ def logistic_regression_scores(
     >>> fit.test_scores.shape, fit.C, fit.val_scores.shape
     ((50, 2), 1.0, (15, 2))
     """
-    from dbloss.pipeline import _holdout
+    from dbloss.data.pipeline import _holdout
 
     if not c_grid or not class_weights:
         raise ValueError(f"Expected a non-empty grid, but got c_grid={list(c_grid)}, "
@@ -316,10 +316,10 @@ def _check_dataset(cfg: TrainConfig) -> None:
 
 
 def _validation_record(fit: LogRegFit, cfg: TrainConfig) -> dict[str, Any]:
-    """What :func:`dbloss.engine.validation_scores` records, from the chosen setting's validation scores:
+    """What :func:`dbloss.training.engine.validation_scores` records, from the chosen setting's validation scores:
     the global threshold maximising validation micro-F1 over the recipe's ``threshold_search`` grid
     (:data:`DEFAULT_THRESHOLD_SEARCH` when it has none) and the per-class thresholds."""
-    from dbloss.engine import select_threshold
+    from dbloss.training.engine import select_threshold
     from dbloss.metrics import f1_scores
     from dbloss.thresholds import per_class_thresholds
 
@@ -334,7 +334,7 @@ def _validation_record(fit: LogRegFit, cfg: TrainConfig) -> dict[str, Any]:
 def _open_run_dir(out: Path, overwrite: bool) -> None:
     """Create the run folder; refuse one that holds a run (a network's or this baseline's) unless
     ``overwrite``, and then remove that run's result files first."""
-    from dbloss.engine import RUN_FILES
+    from dbloss.training.engine import RUN_FILES
 
     held = [f for f in (*RUN_FILES, "logreg.json") if (out / f).exists()]
     if held and not overwrite:
@@ -348,9 +348,9 @@ def _open_run_dir(out: Path, overwrite: bool) -> None:
 def train_logistic_regression(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = True,
                               n_jobs: int | None = None) -> dict[str, Any]:
     """The per-class logistic-regression baseline on a feature recipe's data; returns its metrics
-    (as written to ``metrics.json``, in :func:`dbloss.engine.train`'s format).
+    (as written to ``metrics.json``, in :func:`dbloss.training.engine.train`'s format).
 
-    The recipe gives the data (:func:`dbloss.pipeline.build_data`), the validation split (its
+    The recipe gives the data (:func:`dbloss.data.pipeline.build_data`), the validation split (its
     ``val_size``; none: :data:`DEFAULT_VAL_FRACTION` of the training split held out with its
     ``seed``), the threshold grid and the head / tail rule; its network, loss and optimiser fields
     are not read. :func:`logistic_regression_scores` chooses ``C`` and ``class_weight`` on the
@@ -364,7 +364,7 @@ def train_logistic_regression(cfg: TrainConfig, *, overwrite: bool = False, prog
     Args:
         cfg: the resolved recipe.
         overwrite: replace the run that ``cfg.out_dir`` holds (without it such a folder is refused,
-            as :func:`dbloss.engine.train` refuses it).
+            as :func:`dbloss.training.engine.train` refuses it).
         progress: a progress bar over the classes.
         n_jobs: threads the classes are spread over (None: the CPUs this process may use).
 
@@ -375,9 +375,9 @@ def train_logistic_regression(cfg: TrainConfig, *, overwrite: bool = False, prog
     >>> cfg = load_config("reuters/_base", ["name=logreg", "out_dir=runs/logreg"])  # doctest: +SKIP
     >>> res = train_logistic_regression(cfg)  # doctest: +SKIP
     """
-    from dbloss.engine import _write_results, result_record
+    from dbloss.training.engine import _write_results, result_record
     from dbloss.files import write_json
-    from dbloss.pipeline import build_data
+    from dbloss.data.pipeline import build_data
     from dbloss.stats import LabelStats
 
     _check_dataset(cfg)
@@ -400,7 +400,7 @@ def train_logistic_regression(cfg: TrainConfig, *, overwrite: bool = False, prog
     res = result_record(scores, targets, stats, cfg, val_record["threshold"], val_record["per_class_thresholds"])
     res["val"] = val_record
     num_train = len(data.train) + (0 if val is None else len(val))
-    # no epochs; no network whose training dbloss.health watches (the engine's "health" findings: none)
+    # no epochs; no network whose training dbloss.training.health watches (the engine's "health" findings: none)
     res.update(loss="logistic", sampler="–", epochs=None, num_train=num_train, health=[])
     _write_results(out, res, scores, targets)
     write_json(out / "logreg.json", {

@@ -5,7 +5,7 @@
 ``timm:vit_base_patch16_224.augreg_in21k``) with ``timm.create_model(NAME, pretrained=...,
 num_classes=0)``: the model returns pooled ``(B, F)`` features (its own pooling: global average
 for CNNs, the class token or average of tokens for ViTs, after its final norm), which
-:class:`dbloss.model.MultiLabelClassifier` feeds to the neck unpooled.
+:class:`dbloss.models.classifier.MultiLabelClassifier` feeds to the neck unpooled.
 
 Freezing (the paper's "freeze the first stage", generalised): ``frozen_stages=N`` freezes the
 stem and the first ``N`` of the model's *stages*, which are timm's own coarse parameter groups
@@ -22,11 +22,11 @@ Swin                      ``patch_embed``                             5: ``layer
 ========================  ==========================================  ========================
 
 So ``frozen_stages=1`` is the paper's setting for a ResNet (stem + ``layer1``, as torchvision's
-ResNets in :func:`dbloss.model.build_backbone`), the stem and first stage of a ConvNeXt, the patch
+ResNets in :func:`dbloss.models.classifier.build_backbone`), the stem and first stage of a ConvNeXt, the patch
 embedding and first block of a ViT; "train only the last ``K`` blocks" is ``frozen_stages =
 num_stages - K`` (:func:`timm_stages` lists them); ``frozen_stages = num_stages`` freezes the whole
 backbone (a linear probe). ``None``: 1 with pretrained weights, 0 from scratch
-(:func:`dbloss.model.resolve_frozen_stages`). Frozen parameters get ``requires_grad=False``;
+(:func:`dbloss.models.classifier.resolve_frozen_stages`). Frozen parameters get ``requires_grad=False``;
 ``MultiLabelClassifier.train`` keeps the batch norms whose parameters are all frozen in eval mode,
 so their running statistics stay those of the pretrained model.
 
@@ -51,7 +51,7 @@ from typing import Any, NamedTuple
 from torch import nn
 
 from dbloss.errors import UsageError
-from dbloss.model import _load_local, is_pretrained, resolve_frozen_stages
+from dbloss.models.classifier import _load_local, is_pretrained, resolve_frozen_stages
 from dbloss.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["MissingDependencyError", "Preprocessing", "TIMM_PREFIX", "CLIP_PREFIX", "backbone_preprocessing",

@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from dbloss.cli_features import add_features_command
-from dbloss.cli_predict import add_export_command, add_predict_command
+from dbloss.cli.features import add_features_command
+from dbloss.cli.predict import add_export_command, add_predict_command
 from dbloss.distributed import shutdown_distributed
 from dbloss.errors import TrainingFailedError, UsageError
 
@@ -27,7 +27,7 @@ __all__ = ["main", "get_args_parser"]
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from dbloss.config import load_config
-    from dbloss.engine import train
+    from dbloss.training.engine import train
     from dbloss.tables import results_table
 
     overrides = list(args.overrides)
@@ -49,7 +49,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from dbloss.tables import results_table
-    from dbloss.tune import tune
+    from dbloss.training.tune import tune
 
     out = args.out or str(Path("runs") / ("tune_" + Path(str(args.recipe)).with_suffix("").as_posix().replace("/", "_")))
     res = tune(args.recipe, list(args.overrides), trials=args.trials, out=out, storage=args.storage,
@@ -66,7 +66,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 def _cmd_baseline(args: argparse.Namespace) -> int:
     from dbloss.config import load_config
-    from dbloss.linear_baseline import train_logistic_regression
+    from dbloss.apps.linear_baseline import train_logistic_regression
     from dbloss.tables import results_table
 
     overrides = list(args.overrides)
@@ -85,7 +85,7 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from dbloss.engine import evaluate_checkpoint
+    from dbloss.training.engine import evaluate_checkpoint
     from dbloss.tables import results_table
 
     res = evaluate_checkpoint(args.checkpoint, args.out, list(args.overrides), progress=not args.no_progress)
@@ -95,7 +95,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from dbloss.compare import run_demo
+    from dbloss.apps.compare import run_demo
 
     run_demo(args.out, recipes=args.recipes, seeds=args.seeds, setting=args.setting, epochs=args.epochs,
              progress=not args.no_progress, overrides=args.set, readme=args.readme, figures=args.figures,
@@ -104,7 +104,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from dbloss.compare import reproduce
+    from dbloss.apps.compare import reproduce
 
     reproduce(args.benchmark, rows=args.rows, seeds=args.seeds, out=args.out, overrides=args.set,
               progress=not args.no_progress, reuse=not args.fresh)
@@ -112,7 +112,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from dbloss.pretrain import PretrainConfig, builtin_weights, pretrain
+    from dbloss.models.pretrain import PretrainConfig, builtin_weights, pretrain
 
     settings = dict(backbone=args.backbone, image_size=args.image_size, epochs=args.epochs,
                     batch_size=args.batch_size, lr=args.lr, seed=args.seed, workers=args.workers, device=args.device)
@@ -202,7 +202,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from dbloss.report import write_report
+    from dbloss.apps.report import write_report
 
     paths = write_report(args.runs, args.out, baseline=args.baseline, compare=args.compare)
     for kind, path in paths.items():
@@ -211,7 +211,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from dbloss import analysis
+    from dbloss.apps import analysis
 
     out = Path(args.out)
     table = _read_label_csv(args.labels) if args.labels else None
@@ -423,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError, TrainingFailedError) as e:  # bad input (UsageError is a ValueError), files, a
-        # run that diverged or collapsed (dbloss.health); bugs surface
+        # run that diverged or collapsed (dbloss.training.health); bugs surface
         if args.verbose:
             raise
         print(f"dbloss {args.command}: error: {e}", file=sys.stderr)

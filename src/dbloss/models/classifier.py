@@ -124,11 +124,11 @@ def build_backbone(
             without; freezing random layers is an error (:func:`resolve_frozen_stages`). Other
             backbones cannot be frozen by stage: a request > 0 raises.
 
-    ``"timm:NAME"`` builds a timm model instead (:func:`dbloss.backbones.build_timm_backbone`:
+    ``"timm:NAME"`` builds a timm model instead (:func:`dbloss.models.backbones.build_timm_backbone`:
     pooled (B, F) features, timm's stages frozen), with ``weights`` DEFAULT, a local file or none.
     """
     if name.startswith("timm:"):
-        from dbloss.backbones import build_timm_backbone
+        from dbloss.models.backbones import build_timm_backbone
 
         return build_timm_backbone(name, weights, frozen_stages)
     frozen = resolve_frozen_stages(frozen_stages, weights)
@@ -200,7 +200,7 @@ class FrozenBatchNormModule(nn.Module):
 
 
 def _keep_representation_frozen(model: nn.Module) -> None:
-    """With ``model.frozen_representation`` (set by :func:`dbloss.decoupling.freeze_representation`
+    """With ``model.frozen_representation`` (set by :func:`dbloss.methods.decoupling.freeze_representation`
     for a classifier-only stage), everything but ``model.classifier`` stays in eval mode."""
     if getattr(model, "frozen_representation", False):
         for name, child in model.named_children():

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from dbloss.files import write_text
-from dbloss.plots import ap_increment_figure, class_distribution_figure, per_class_ap_figure, save_figure
+from dbloss.apps.plots import ap_increment_figure, class_distribution_figure, per_class_ap_figure, save_figure
 from dbloss.stats import DEFAULT_HEAD_MIN, DEFAULT_TAIL_MAX, GROUPS, LabelStats, class_split
 from dbloss.tables import COLUMNS, SEED_METRICS, format_mean_sd, results_table, run_cells, seed_table
 

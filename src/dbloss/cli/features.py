@@ -1,7 +1,7 @@
-"""``dbloss features``: the sub-command of :func:`dbloss.embed.extract_features` (registered by ``dbloss.cli``).
+"""``dbloss features``: the sub-command of :func:`dbloss.apps.embed.extract_features` (registered by ``dbloss.cli``).
 
 Kept apart from ``cli.py`` so that the command line there stays one line per sub-command; the
-work is in :mod:`dbloss.embed`, imported only when the command runs.
+work is in :mod:`dbloss.apps.embed`, imported only when the command runs.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ __all__ = ["add_features_command"]
 
 
 def _cmd_features(args: argparse.Namespace) -> int:
-    from dbloss.embed import extract_demo_features, extract_features
+    from dbloss.apps.embed import extract_demo_features, extract_features
 
     common: dict[str, Any] = dict(weights=None if args.weights.lower() == "none" else args.weights,
                                   image_size=args.image_size, batch_size=args.batch_size, device=args.device,

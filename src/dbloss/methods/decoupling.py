@@ -15,7 +15,7 @@ and adjusts it, one of (``decoupling`` in the recipe):
   logit's sign, so no decision at the 0.5 threshold could change in the multi-label setting.
 
 The engine runs the stages one after the other with the same ``train_one_epoch``
-(:func:`dbloss.stages.training_stages` gives each stage's configuration); stage 2 writes into the
+(:func:`dbloss.training.stages.training_stages` gives each stage's configuration); stage 2 writes into the
 same run folder and its checkpoints say which stage their model is in, so a run killed in stage 2
 resumes in stage 2. In stage 2 the frozen part runs in eval mode (batch-norm statistics and dropout as at
 test time): every tensor of the model but the classifier's stays bit-identical.
@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from dbloss.config import TrainConfig
-from dbloss.model import reinitialize
+from dbloss.models.classifier import reinitialize
 
 __all__ = ["ScaledLinear", "enter_stage2", "freeze_representation", "tau_normalize", "trainable_parameters"]
 

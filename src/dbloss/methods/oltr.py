@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dbloss.model import FeatureClassifier, FrozenBatchNormModule, MultiLabelClassifier
+from dbloss.models.classifier import FeatureClassifier, FrozenBatchNormModule, MultiLabelClassifier
 
 __all__ = ["CosineClassifier", "MetaEmbeddingClassifier", "ModulatedAttention", "OLTRNetwork", "class_centroids",
            "discriminative_centroid_loss", "enter_memory_stage", "meta_embedding", "oltr_network"]
@@ -320,7 +320,7 @@ def _feature_map_size(backbone: nn.Module, image_size: int) -> tuple[int, int, i
 
 
 def oltr_network(base: nn.Module, *, attention: bool = True, image_size: int = 224) -> OLTRNetwork:
-    """The OLTR model of a model built by :func:`dbloss.model.build_model` (its backbone, neck and
+    """The OLTR model of a model built by :func:`dbloss.models.classifier.build_model` (its backbone, neck and
     linear classifier; the modulated attention sized for ``image_size`` images when ``attention``
     and the backbone gives feature maps)."""
     if isinstance(base, MultiLabelClassifier):

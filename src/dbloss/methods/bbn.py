@@ -48,7 +48,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Sampler
 
-from dbloss.model import FeatureClassifier, FrozenBatchNormModule, MultiLabelClassifier, SmallConvNet, reinitialize
+from dbloss.models.classifier import FeatureClassifier, FrozenBatchNormModule, MultiLabelClassifier, SmallConvNet, reinitialize
 
 __all__ = ["BBNNetwork", "Branch", "PairedDataset", "PairedSampler", "bbn_loss", "bbn_network", "cumulative_alpha",
            "split_last_block"]
@@ -138,7 +138,7 @@ class BBNNetwork(FrozenBatchNormModule):
 
 
 def split_last_block(backbone: nn.Module) -> tuple[nn.Module, nn.Module | None]:
-    """``(trunk, last_block)`` of a backbone built by :func:`dbloss.model.build_backbone`: the part
+    """``(trunk, last_block)`` of a backbone built by :func:`dbloss.models.classifier.build_backbone`: the part
     both BBN branches share and the block each branch gets a copy of; ``last_block`` is None
     where there is no block to split off (timm backbones, which return pooled features, or a last
     layer without weights).
@@ -174,7 +174,7 @@ def _is_block(module: nn.Module) -> bool:
 
 
 def bbn_network(base: nn.Module) -> BBNNetwork:
-    """The BBN of a model built by :func:`dbloss.model.build_model`: the conventional branch takes
+    """The BBN of a model built by :func:`dbloss.models.classifier.build_model`: the conventional branch takes
     the model's last block, neck and classifier; the re-balancing branch a copy of the block and a
     freshly initialised neck and classifier."""
     if isinstance(base, MultiLabelClassifier):

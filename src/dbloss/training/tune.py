@@ -6,11 +6,11 @@ written for; on other data they are guesses. :func:`tune` searches them with Opt
 1. **Trials** (``OUT/trials/NNNN/``): each trains the recipe with one set of values on the
    training split minus a validation split (``val_size``, 10% when the recipe has none), keeps
    the epoch with the best validation mAP (so the number of epochs is chosen by early stopping:
-   ``patience``), and never reads the test split (:func:`dbloss.engine.train` with ``test=False``).
+   ``patience``), and never reads the test split (:func:`dbloss.training.engine.train` with ``test=False``).
    The TPE sampler proposes the values; the first trial is the recipe's own values, so the study
    starts from the untuned recipe; the median pruner stops a trial whose validation mAP after an
    epoch is below the median of earlier trials at that epoch. A trial that diverges or collapses
-   (:mod:`dbloss.health`) scores 0.
+   (:mod:`dbloss.training.health`) scores 0.
 2. **The final run** (``OUT/``): the best trial's values, the epochs it kept (the learning-rate
    schedule cut at that epoch, so the run follows the trial's) and the decision threshold it chose
    on validation, trained on *all* training samples and tested once: the usual run folder
@@ -161,7 +161,7 @@ def _cut_schedule(cfg: TrainConfig, epochs: int) -> list[float]:
     >>> _cut_schedule(TrainConfig(epochs=8, lr_steps=[0.625, 0.875]), 6)  # decays at epochs 5 and 7
     [0.8333333333333334]
     """
-    from dbloss.engine import lr_step_epochs
+    from dbloss.training.engine import lr_step_epochs
 
     return [s / epochs for s in lr_step_epochs(cfg) if 0 < s < epochs]
 
@@ -252,7 +252,7 @@ def _objective(cfg: TrainConfig, space: Sequence[Param], out: Path) -> Callable[
     """Optuna's objective: one trial's best validation mAP (0 for a run that diverged or collapsed)."""
     import optuna
 
-    from dbloss.engine import train
+    from dbloss.training.engine import train
 
     def objective(trial: optuna.Trial) -> float:
         values = {p.key: p.suggest(trial) for p in space}
@@ -338,8 +338,8 @@ def tune(
     """
     import optuna
 
-    from dbloss.engine import train
-    from dbloss.pipeline import FEATURE_DATASETS, build_data, prepare_data
+    from dbloss.training.engine import train
+    from dbloss.data.pipeline import FEATURE_DATASETS, build_data, prepare_data
 
     if trials < 1:
         raise UsageError(f"Expected --trials >= 1, but got {trials}")

@@ -22,9 +22,9 @@ the rows of :data:`BENCHMARK_ROWS` on Reuters-21578 or on the user's feature fil
 ``torchrun`` every rank trains (each run uses all GPUs) and rank 0 writes.
 
 In a folder whose recipes read features (its ``_base`` recipe's dataset is one of
-:data:`dbloss.linear_baseline.FEATURE_DATASETS`) one more row is available, :data:`LOGREG_ROW`:
+:data:`dbloss.apps.linear_baseline.FEATURE_DATASETS`) one more row is available, :data:`LOGREG_ROW`:
 one scikit-learn logistic regression per class on the same features, its ``C`` and class weight
-chosen on validation (:func:`dbloss.linear_baseline.train_logistic_regression`), configured by
+chosen on validation (:func:`dbloss.apps.linear_baseline.train_logistic_regression`), configured by
 the ``_base`` recipe with the seed. A folder may be a shipped one (``reuters``) or a directory
 of recipe files (``my_recipes/``, with a ``_base.yaml`` for the ``logreg`` row).
 """
@@ -42,7 +42,7 @@ from typing import Any, Callable, Literal, Sequence
 
 
 from dbloss.config import TrainConfig, list_recipes, load_config, recipe_dir, saved_config_matches
-from dbloss.engine import train
+from dbloss.training.engine import train
 from dbloss.files import write_json, write_text
 from dbloss.tables import format_mean_sd, seed_table
 
@@ -117,7 +117,7 @@ def _recipe(folder: str, name: str) -> str:
 
 def _reads_features(folder: str, overrides: Sequence[str] = ()) -> bool:
     """Whether ``folder``'s ``_base`` recipe (with ``overrides``) reads precomputed features."""
-    from dbloss.linear_baseline import FEATURE_DATASETS
+    from dbloss.apps.linear_baseline import FEATURE_DATASETS
 
     base = _recipe(folder, "_base")
     try:
@@ -221,9 +221,9 @@ def run_logreg_seeds(folder: str, seeds: Sequence[int], out: Path, overrides: Se
                      reused: list[str] | None = None) -> list[dict[str, Any]]:
     """The :data:`LOGREG_ROW` of ``folder`` once per seed into ``out/seed<s>``: the folder's ``_base``
     recipe with ``overrides``, the seed and ``name=logreg``, fitted by
-    :func:`dbloss.linear_baseline.train_logistic_regression` (finished runs with the same
+    :func:`dbloss.apps.linear_baseline.train_logistic_regression` (finished runs with the same
     configuration and grid are reused, and their folders appended to ``reused``); each run's metrics."""
-    from dbloss.linear_baseline import C_GRID, CLASS_WEIGHTS, FEATURE_DATASETS, train_logistic_regression
+    from dbloss.apps.linear_baseline import C_GRID, CLASS_WEIGHTS, FEATURE_DATASETS, train_logistic_regression
 
     configs = [load_config(_recipe(folder, "_base"),
                            [*overrides, f"name={LOGREG_ROW}", f"seed={seed}", f"out_dir={out / f'seed{seed}'}"])
@@ -261,11 +261,11 @@ def run_comparison(folder: str, names: Sequence[str], seeds: Sequence[int], out:
                    overrides: Sequence[str] = (), *, progress: bool = True, reuse: bool = True,
                    reused: list[str] | None = None) -> list[dict[str, Any]]:
     """Train ``folder/<name>`` for every name and seed into ``out/<name>/seed<s>``; return one
-    :func:`dbloss.report.seed_summary` per row, with ``"runs"`` (every seed's metrics) and
+    :func:`dbloss.apps.report.seed_summary` per row, with ``"runs"`` (every seed's metrics) and
     ``"train_seconds"`` (summed over its seeds). ``folder``: a shipped recipe folder or a directory of
     recipe files; the name :data:`LOGREG_ROW` is the logistic-regression baseline (:func:`run_logreg_seeds`)
     in a folder whose recipes read features."""
-    from dbloss.report import seed_summary
+    from dbloss.apps.report import seed_summary
 
     if not seeds:
         raise ValueError("Expected at least one seed")
@@ -309,8 +309,8 @@ def write_comparison(rows: Sequence[dict[str, Any]], out: str | Path, seeds: Seq
 
     Returns ``{"table", "caption", "figures": {file name: path}, "report": path}``.
     """
-    from dbloss.plots import ap_increment_figure, per_class_ap_figure, save_figure
-    from dbloss.report import write_report
+    from dbloss.apps.plots import ap_increment_figure, per_class_ap_figure, save_figure
+    from dbloss.apps.report import write_report
 
     out = Path(out)
     first = rows[0]["runs"][0]
@@ -358,7 +358,7 @@ def run_demo(
             scratch setting) gets the generated table; ``figures`` then receives the figures.
 
     Returns:
-        One :func:`dbloss.report.seed_summary` per row (with ``"runs"``: every seed's metrics).
+        One :func:`dbloss.apps.report.seed_summary` per row (with ``"runs"``: every seed's metrics).
     """
     if setting not in SETTINGS:
         raise ValueError(f"Expected `setting` to be one of {tuple(SETTINGS)}, but got {setting!r}")

@@ -1,8 +1,8 @@
 """The training stages of a recipe: one, or two where a method trains in two.
 
-* decoupling (``decoupling: crt / lws / tau-norm``, :mod:`dbloss.decoupling`): stage 2 freezes the
+* decoupling (``decoupling: crt / lws / tau-norm``, :mod:`dbloss.methods.decoupling`): stage 2 freezes the
   representation and re-trains (or rescales) the classifier;
-* OLTR (``head: oltr``, :mod:`dbloss.oltr`): stage 2 forms the visual memory from the stage-1
+* OLTR (``head: oltr``, :mod:`dbloss.methods.oltr`): stage 2 forms the visual memory from the stage-1
   features and trains the whole model with modulated attention and the meta-embedding classifier.
 
 Stage 2 runs the same ``train_one_epoch`` with its own configuration (:func:`training_stages`),

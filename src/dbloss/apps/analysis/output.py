@@ -8,7 +8,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from dbloss.plots import save_figure
+from dbloss.apps.plots import save_figure
 
 
 def write_analysis(out_dir: str | Path, name: str, fig: Figure, data: dict[str, Any]) -> tuple[Path, Path]:

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from dbloss.losses import build_loss, negative_tolerant_bias
-from dbloss.analysis.output import write_analysis
-from dbloss.plots import GROUP_COLORS
+from dbloss.apps.analysis.output import write_analysis
+from dbloss.apps.plots import GROUP_COLORS
 
 __all__ = [
     "GradientCurves",

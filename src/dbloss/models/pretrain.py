@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Subset
 from dbloss.data.images import load_image
 from dbloss.data.transforms import eval_transform, train_transform
 from dbloss.files import save_checkpoint, write_json
-from dbloss.model import SmallConvNet
+from dbloss.models.classifier import SmallConvNet
 
 __all__ = ["BUILTIN_WEIGHTS", "PretrainConfig", "builtin_weights", "pretrain", "resolve_weights"]
 
