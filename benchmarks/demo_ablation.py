@@ -41,14 +41,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: row -> (label, recipe overrides); every row re-samples class-aware.
 ROWS: dict[str, tuple[str, list[str]]] = {
-    "rs": ("RS", ["loss=bce"]),
-    "rs_focal": ("RS + focal", ["loss=focal"]),
-    "rw": ("RS + RW", ["loss=r-bce"]),
-    "rw_focal": ("RS + RW + focal (R-BCE-Focal)", ["loss=r-focal"]),
-    "ntr": ("RS + NTR", ["loss=ntr-focal", "loss_args.gamma=0.0"]),
-    "ntr_focal": ("RS + NTR + focal (NTR-Focal)", ["loss=ntr-focal"]),
-    "db": ("DB (RW + NTR)", ["loss=db-focal", "loss_args.gamma=0.0"]),
-    "db_focal": ("DB-Focal", ["loss=db-focal"]),
+    "rs": ("RS", ["loss.name=bce"]),
+    "rs_focal": ("RS + focal", ["loss.name=focal"]),
+    "rw": ("RS + RW", ["loss.name=r-bce"]),
+    "rw_focal": ("RS + RW + focal (R-BCE-Focal)", ["loss.name=r-focal"]),
+    "ntr": ("RS + NTR", ["loss.name=ntr-focal", "loss.args.gamma=0.0"]),
+    "ntr_focal": ("RS + NTR + focal (NTR-Focal)", ["loss.name=ntr-focal"]),
+    "db": ("DB (RW + NTR)", ["loss.name=db-focal", "loss.args.gamma=0.0"]),
+    "db_focal": ("DB-Focal", ["loss.name=db-focal"]),
 }
 #: (row, baseline) pairs whose per-class AP increment is drawn: each component, then the whole.
 INCREMENTS: tuple[tuple[str, str], ...] = (("rw_focal", "rs_focal"), ("ntr_focal", "rs_focal"),
@@ -76,7 +76,7 @@ def _select(row: str, args: argparse.Namespace, base: list[str]) -> tuple[float,
     scores = {}
     for lr in args.lrs:
         res = run_recipe_seeds(RECIPE, [0], Path(args.out) / "select" / row / f"lr{lr:g}",
-                               [*base, *ROWS[row][1], f"lr={lr}", f"val_size={args.val_size}"], progress=False,
+                               [*base, *ROWS[row][1], f"optim.lr={lr}", f"data.val_size={args.val_size}"], progress=False,
                                label=f"select {row} lr {lr:g}")[0]
         scores[f"{lr:g}"] = res["val"]["mAP"]
     best = max(args.lrs, key=lambda lr: (round(scores[f"{lr:g}"], 6), -lr))
@@ -88,13 +88,13 @@ def main(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    base = [f"data_root={args.data_root or out / 'data'}", "sampler=class-aware", *args.set]
+    base = [f"data.root={args.data_root or out / 'data'}", "sampler.name=class-aware", *args.set]
     t0 = time.perf_counter()
     rows: dict[str, dict] = {}
     for row in args.rows:
         lr, scores = _select(row, args, base)
         print(f"[ablation] {row}: validation mAP by lr {scores} -> lr {lr:g}", flush=True)
-        runs = run_recipe_seeds(RECIPE, args.seeds, out / "final" / row, [*base, *ROWS[row][1], f"lr={lr}"],
+        runs = run_recipe_seeds(RECIPE, args.seeds, out / "final" / row, [*base, *ROWS[row][1], f"optim.lr={lr}"],
                                 progress=False, label=row)
         rows[row] = {**seed_summary(runs), "label": ROWS[row][0], "lr": lr, "val_map_by_lr": scores, "runs": runs}
     seconds = time.perf_counter() - t0

@@ -64,9 +64,9 @@ def select(args: argparse.Namespace, feats: dict) -> dict:
         for lr in lrs:
             for seed in args.seeds:
                 cfg = load_config(f"demo_features/{row}", [
-                    f"train_ann={feats['train'].path}", f"test_ann={feats['test'].path}", f"seed={seed}",
-                    f"lr={lr}", f"val_size={args.val_size}",
-                    f"out_dir={args.out}/select/{row}/lr{lr}/seed{seed}", *args.set])
+                    f"data.train_ann={feats['train'].path}", f"data.test_ann={feats['test'].path}", f"run.seed={seed}",
+                    f"optim.lr={lr}", f"data.val_size={args.val_size}",
+                    f"run.out_dir={args.out}/select/{row}/lr{lr}/seed{seed}", *args.set])
                 res = train(cfg, progress=False, overwrite=True)
                 scores.setdefault(row, {}).setdefault(str(lr), []).append(res["val"]["mAP"])
     chosen = {row: float(max(lrs, key=lambda lr: np.mean(scores[row][str(lr)]))) for row in args.rows}
@@ -94,9 +94,9 @@ def main(args: argparse.Namespace) -> dict:
     t_train = time.perf_counter()
     for row in args.rows:
         for seed in args.seeds:
-            cfg = load_config(f"demo_features/{row}", [f"train_ann={feats['train'].path}",
-                                                       f"test_ann={feats['test'].path}", f"seed={seed}",
-                                                       f"out_dir={out / 'runs' / row / f'seed{seed}'}", *args.set])
+            cfg = load_config(f"demo_features/{row}", [f"data.train_ann={feats['train'].path}",
+                                                       f"data.test_ann={feats['test'].path}", f"run.seed={seed}",
+                                                       f"run.out_dir={out / 'runs' / row / f'seed{seed}'}", *args.set])
             runs.setdefault(row, []).append(train(cfg, progress=False, overwrite=True))
     t_train = time.perf_counter() - t_train
     summaries = [seed_summary(r) for r in runs.values()]

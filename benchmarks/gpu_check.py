@@ -171,11 +171,11 @@ def check_pipeline(device: torch.device, quick: bool, data: Path) -> dict[str, A
 
 
 def check_engine(device: torch.device, quick: bool, out: Path) -> dict[str, Any]:
-    sets = [f"device={device}", "epochs=2"]
+    sets = [f"run.device={device}", "schedule.epochs=2"]
     if device.type == "cuda":
-        sets += ["amp=bf16", "workers=4", "pin_memory=true"]
+        sets += ["run.amp=bf16", "data.workers=4", "data.pin_memory=true"]
     if quick:
-        sets += ["image_size=32", "weights=null", "batch_size=64", "workers=0", "sampler_reduce=32"]
+        sets += ["data.image_size=32", "model.weights=null", "optim.batch_size=64", "data.workers=0", "sampler.reduce=32"]
     cmd = [sys.executable, "-m", "dbloss", "train", "configs/demo/rs.yaml", *sets, "--out", str(out),
            "--overwrite", "--no-progress"]
     _run(cmd, timeout=420)

@@ -113,7 +113,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def head_overrides(head: str) -> list[str]:
     """Recipe overrides of a head: none for the recipes' MLP, ``neck_dim=0`` for a linear head."""
-    return ["neck_dim=0"] if head == "linear" else []
+    return ["model.neck_dim=0"] if head == "linear" else []
 
 
 def row_choice(args: argparse.Namespace, row: str) -> tuple[str, list[str]]:
@@ -128,12 +128,12 @@ def _config(row: str, seed: int, args: argparse.Namespace):
     prefix, chosen = row_choice(args, row)
     out = Path(args.out) / prefix / row / f"seed{seed}"
     return load_config(recipe_dir() / "reuters" / f"{row}.yaml",
-                       [*head_overrides(args.head), *chosen, *args.set, f"seed={seed}", f"out_dir={out}"],
+                       [*head_overrides(args.head), *chosen, *args.set, f"run.seed={seed}", f"run.out_dir={out}"],
                        data_root=args.data_root)
 
 
 def _reusable(cfg: Any) -> dict[str, Any] | None:
-    out = Path(cfg.out_dir)
+    out = Path(cfg.run.out_dir)
     metrics, saved, timing = out / "metrics.json", out / "config.yaml", out / "bench_time.json"
     if not (metrics.is_file() and saved.is_file() and timing.is_file()):
         return None
@@ -172,14 +172,14 @@ def run_row(row: str, seeds: Sequence[int], args: argparse.Namespace, counter: l
         tag = f"[{counter[0]}/{total}] {row} seed {seed}"
         res = _reusable(cfg) if args.reuse else None
         if res is not None:
-            print(f"{tag}: reused {cfg.out_dir}", flush=True)
-            args.reused.append(cfg.out_dir)
+            print(f"{tag}: reused {cfg.run.out_dir}", flush=True)
+            args.reused.append(cfg.run.out_dir)
         else:
-            print(f"{tag}: training ({cfg.epochs} epochs) -> {cfg.out_dir}", flush=True)
+            print(f"{tag}: training ({cfg.schedule.epochs} epochs) -> {cfg.run.out_dir}", flush=True)
             t0 = time.perf_counter()
             res = train(cfg, progress=False, overwrite=True)  # not reusable: a stale or unfinished run is replaced
             res["seconds"] = round(time.perf_counter() - t0, 1)
-            write_json(Path(cfg.out_dir) / "bench_time.json", {"seconds": res["seconds"]}, indent=None)
+            write_json(Path(cfg.run.out_dir) / "bench_time.json", {"seconds": res["seconds"]}, indent=None)
         f = _flat(res)
         print(f"{tag}: micro-F1 {100 * f['micro_f1']:.2f}  macro-F1 {100 * f['macro_f1']:.2f}  "
               f"(head {100 * f['f1_head']:.1f} / medium {100 * f['f1_medium']:.1f} / tail {100 * f['f1_tail']:.1f})  "
@@ -470,8 +470,8 @@ def main(args: argparse.Namespace) -> int:
         "rows": {},
     }
     probe = _config(args.rows[0] if args.rows else "bce", args.seeds[0], args)
-    summary.update(head=args.head, text_features=probe.text_features, tfidf_max_features=probe.tfidf_max_features,
-                   patience=probe.patience if probe.keep_best else 0, choice=args.choice)
+    summary.update(head=args.head, text_features=probe.data.text_features, tfidf_max_features=probe.data.tfidf_max_features,
+                   patience=probe.eval.patience if probe.eval.keep_best else 0, choice=args.choice)
     split = None
     for row in args.rows:
         results = run_row(row, args.seeds, args, counter, total)

@@ -53,7 +53,7 @@ def point_name(head: str, p: dict[str, Any]) -> str:
 
 
 def point_overrides(p: dict[str, Any]) -> list[str]:
-    return [f"optimizer={p['optimizer']}", f"lr={p['lr']:g}", f"weight_decay={p['weight_decay']:g}"]
+    return [f"optim.name={p['optimizer']}", f"optim.lr={p['lr']:g}", f"optim.weight_decay={p['weight_decay']:g}"]
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -52,15 +52,15 @@ ROWS: tuple[str, ...] = ("erm", "rs", "db_focal")
 DATA_OVERRIDES: dict[str, list[str]] = {
     "synthetic": [],
     # Huang et al.'s protocol: their 1,000-document validation split and groups on the 6,769 training documents
-    "reuters": ["dataset=reuters", "val_size=1000", "head_min=35", "tail_max=9"],
+    "reuters": ["data.dataset=reuters", "data.val_size=1000", "eval.head_min=35", "eval.tail_max=9"],
 }
 #: demo_features/db_focal as shipped before `dbloss tune` (and as run on a 507-class text set in the issue), but
 #: for the class-aware epoch: the paper's would be max count x classes / 4 draws (about 1 million here, 42x the
 #: data, hours on this CPU), so the run draws as many as the training split holds.
-SHIPPED_BEFORE: list[str] = ["neck_dim=256", "dropout=0.5", "optimizer=sgd", "lr=0.5", "weight_decay=1e-4",
-                             "batch_size=32", "epochs=8", "lr_steps=[0.625,0.875]", "warmup_iters=50", "grad_clip=35",
-                             "val_size=0", "keep_best=false", "patience=0", "threshold_search=null",
-                             "sampler_epoch=data"]
+SHIPPED_BEFORE: list[str] = ["model.neck_dim=256", "model.dropout=0.5", "optim.name=sgd", "optim.lr=0.5", "optim.weight_decay=1e-4",
+                             "optim.batch_size=32", "schedule.epochs=8", "schedule.lr_steps=[0.625,0.875]", "schedule.warmup_iters=50", "optim.grad_clip=35",
+                             "data.val_size=0", "eval.keep_best=false", "eval.patience=0", "eval.threshold_search=null",
+                             "sampler.epoch=data"]
 
 
 def data_overrides(kind: str, out: Path, data_root: str) -> list[str]:
@@ -68,8 +68,8 @@ def data_overrides(kind: str, out: Path, data_root: str) -> list[str]:
         from dbloss.data.synthetic_features import write_longtail_features
 
         train_path, test_path = write_longtail_features(out / "data")
-        return [f"train_ann={train_path}", f"test_ann={test_path}"]
-    return [*DATA_OVERRIDES["reuters"], f"data_root={data_root}"]
+        return [f"data.train_ann={train_path}", f"data.test_ann={test_path}"]
+    return [*DATA_OVERRIDES["reuters"], f"data.root={data_root}"]
 
 
 def row_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -114,12 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{args.data}] {row}: dbloss tune --trials {args.trials}", flush=True)
         t0 = time.perf_counter()
         tuned_dir = out / "tuned" / row
-        res = tune(f"features/{row}", [*common, f"seed={args.seeds[0]}"], trials=args.trials, out=tuned_dir,
+        res = tune(f"features/{row}", [*common, f"run.seed={args.seeds[0]}"], trials=args.trials, out=tuned_dir,
                    progress=False)
         tune_s = time.perf_counter() - t0
         runs = [res["metrics"]]
         for seed in args.seeds[1:]:
-            cfg = load_config(tuned_dir / "tuned.yaml", [f"seed={seed}", f"out_dir={tuned_dir / f'seed{seed}'}"])
+            cfg = load_config(tuned_dir / "tuned.yaml", [f"run.seed={seed}", f"run.out_dir={tuned_dir / f'seed{seed}'}"])
             runs.append(train(cfg, progress=False, overwrite=True))
         chosen = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in res["values"].items())
         table_rows.append({**seed_summary(runs), "row": f"{row} (tuned)", "settings": chosen,
@@ -132,14 +132,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from dbloss.apps.linear_baseline import train_logistic_regression
 
         t0 = time.perf_counter()
-        lr_runs = [train_logistic_regression(load_config("features/_base", [*common, "name=logreg", f"seed={s}",
-                                                                            f"out_dir={out / 'logreg' / f'seed{s}'}"]),
+        lr_runs = [train_logistic_regression(load_config("features/_base", [*common, "run.name=logreg", f"run.seed={s}",
+                                                                            f"run.out_dir={out / 'logreg' / f'seed{s}'}"]),
                                              progress=False, overwrite=True) for s in args.seeds]
         table_rows.append({**seed_summary(lr_runs), "row": "logreg", "settings": "C, class weight on validation",
                            "time": f"{(time.perf_counter() - t0) / len(args.seeds):.0f} s / run"})
         results["logreg"] = lr_runs
     if not args.skip_shipped:
-        cfg = load_config("features/db_focal", [*common, *SHIPPED_BEFORE, f"out_dir={out / 'shipped_before'}"])
+        cfg = load_config("features/db_focal", [*common, *SHIPPED_BEFORE, f"run.out_dir={out / 'shipped_before'}"])
         try:
             shipped = train(cfg, progress=False, overwrite=True)
             results["shipped_before"] = {"mAP": shipped["mAP"], "health": shipped["health"]}

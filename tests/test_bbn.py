@@ -128,8 +128,8 @@ def test_bbn_runs_with_every_loss(feature_recipe, loss, torch_path):
 
 def test_bbn_trains_on_the_builtin_images(demo_root, tmp_path):
     """BBN on the demo's small CNN: each branch owns the last conv stage."""
-    cfg = load_config("demo/bbn", [f"data_root={demo_root}", f"out_dir={tmp_path / 'bbn'}", "weights=none",
-                                   "epochs=2", "batch_size=64", "warmup_iters=1", "device=cpu"])
+    cfg = load_config("demo/bbn", [f"data.root={demo_root}", f"run.out_dir={tmp_path / 'bbn'}", "model.weights=none",
+                                   "schedule.epochs=2", "optim.batch_size=64", "schedule.warmup_iters=1", "run.device=cpu"])
     res = train(cfg, progress=False)
     assert 0 < res["mAP"]["total"] <= 1
     state = load_checkpoint(tmp_path / "bbn" / "checkpoint.pt")["model"]

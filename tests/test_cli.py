@@ -54,10 +54,10 @@ def test_train_print_config_shows_the_resolved_recipe_and_trains_nothing(tmp_pat
     from dbloss.config import load_config
 
     monkeypatch.chdir(tmp_path)
-    args = ["demo_scratch/db_focal", "epochs=2", "loss_args.mu=0.2"]  # a recipe two bases deep, then overrides
+    args = ["demo_scratch/db_focal", "schedule.epochs=2", "loss.args.mu=0.2"]  # a recipe two bases deep, then overrides
     assert main(["train", *args, "--print-config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed == load_config(args[0], [*args[1:], "out_dir=runs/demo_scratch_db_focal"]).to_dict()
+    assert printed == load_config(args[0], [*args[1:], "run.out_dir=runs/demo_scratch_db_focal"]).to_dict()
     assert "base" not in printed and printed["weights"] is None and printed["loss_args"] == {"mu": 0.2}
     assert main(["train", "voc_mlt/rs", "--out", "elsewhere", "--print-config"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["out_dir"] == "elsewhere"
@@ -83,3 +83,72 @@ def test_bugs_surface_as_tracebacks_and_bad_input_as_errors(monkeypatch, capsys)
         monkeypatch.setattr(cli, "_cmd_recipes", raising(exc))
         assert main(["recipes"]) == 2
         assert "dbloss recipes: error: bad input" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["R", "--out", "elsewhere", "optim.lr=0.1", "schedule.epochs=2"],  # overrides after --out
+    ["R", "optim.lr=0.1", "schedule.epochs=2", "--out", "elsewhere"],  # before it
+    ["R", "optim.lr=0.1", "--out", "elsewhere", "schedule.epochs=2"],  # on both sides
+    ["--out", "elsewhere", "R", "--print-config", "optim.lr=0.1", "schedule.epochs=2"],
+])
+def test_train_overrides_may_come_before_between_or_after_options(argv, capsys, monkeypatch):
+    import dbloss.config
+
+    seen = []
+
+    class Resolved:  # what load_config returns, as far as `train --print-config` needs it
+        def __getattr__(self, name):  # any section the command sets --out in
+            return self
+
+        def to_yaml(self):
+            return "resolved\n"
+
+    def load_config(recipe, overrides):  # the CLI hands the overrides on as strings, in their order
+        seen.append((recipe, list(overrides)))
+        return Resolved()
+
+    monkeypatch.setattr(dbloss.config, "load_config", load_config)
+    assert main(["train", *argv, "--print-config"]) == 0
+    assert seen == [("R", ["optim.lr=0.1", "schedule.epochs=2"])] and capsys.readouterr().out == "resolved\n"
+
+
+def test_every_sub_command_taking_overrides_or_inputs_parses_them_intermixed():
+    from dbloss.cli import get_args_parser
+
+    parser = get_args_parser()
+    for command, first in (("train", "recipe"), ("tune", "recipe"), ("baseline", "recipe"),
+                           ("evaluate", "checkpoint")):
+        args = parser.parse_args([command, "R", "a=1", "--out", "D", "b=2", "--no-progress", "c=3"])
+        assert (getattr(args, first), args.overrides, args.out, args.no_progress) == ("R", ["a=1", "b=2", "c=3"],
+                                                                                   "D", True)
+    args = parser.parse_args(["predict", "run", "a.jpg", "--out", "p.csv", "b.jpg", "--top-k", "2", "c.jpg"])
+    assert (args.checkpoint, args.inputs, args.out, args.top_k) == ("run", ["a.jpg", "b.jpg", "c.jpg"], "p.csv", 2)
+    args = parser.parse_args(["report", "r1", "--out", "o", "r2"])
+    assert (args.runs, args.out) == (["r1", "r2"], "o")
+    args = parser.parse_args(["data", "stats", "--out", "s.json", "labels.csv"])  # a sub-command's sub-command
+    assert (args.data_cmd, args.labels, args.out) == ("stats", "labels.csv", "s.json")
+    args = parser.parse_args(["demo", "--set", "a=1", "b=2", "--out", "x"])  # options taking lists are unchanged
+    assert (args.set, args.out) == (["a=1", "b=2"], "x")
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "voc_mlt/erm", "--out", "d", "--no-such-option", "schedule.epochs=2"],
+    ["train", "voc_mlt/erm", "schedule.epochs=2", "--no-such-option"],
+    ["train", "--out", "d"],  # no recipe
+    ["evaluate", "ckpt", "schedule.epochs=2"],  # --out is required
+    ["data", "stats", "--out", "s.json"],  # no labels
+])
+def test_unknown_options_and_missing_arguments_still_exit_with_code_2(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and ("--no-such-option" in err if "--no-such-option" in argv else "required" in err)
+
+
+def test_sub_command_help_still_works(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: dbloss train" in out and "overrides" in out and "--print-config" in out

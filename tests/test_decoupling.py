@@ -73,11 +73,11 @@ def test_lws_with_scales_one_is_the_linear_classifier():
                                            ("lws", {"classifier.scales"}), ("tau-norm", set())])
 def test_stage2_trains_only_its_classifier_parameters(mode, trained):
     extra = {"crt": ["stage2_epochs=1"], "lws": ["stage2_epochs=1"], "tau-norm": []}[mode]
-    cfg = load_config(None, [f"decoupling={mode}", "neck_dim=8", *extra])
+    cfg = load_config(None, [f"decoupling={mode}", "model.neck_dim=8", *extra])
     model = build_network(cfg, 3, torch.device("cpu"), input_type="features", in_features=5,
                           stats=LabelStats.from_labels([[1, 0, 1], [0, 1, 0]]))
     stage2 = training_stages(cfg)[1]
-    assert (stage2.cfg.sampler, stage2.cfg.warmup_iters, stage2.first_epoch) == ("class-aware", 0, cfg.epochs)
+    assert (stage2.cfg.sampler.name, stage2.cfg.schedule.warmup_iters, stage2.first_epoch) == ("class-aware", 0, cfg.schedule.epochs)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     enter_stage2(model, stage2.cfg)
     names = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -94,7 +94,7 @@ def test_config_checks_the_stage_fields():
                              (["decoupling=tau-norm", "stage2_epochs=2"], "stage2_epochs` = 0"),
                              (["stage2_epochs=2"], "stage2_epochs` = 0"),
                              (["decoupling=lws", "stage2_epochs=1", "head=ml-gcn"], "head='linear'"),
-                             (["decoupling=crt", "stage2_epochs=1", "keep_best=true", "val_size=10"], "keep_best"),
+                             (["decoupling=crt", "stage2_epochs=1", "eval.keep_best=true", "data.val_size=10"], "keep_best"),
                              (["decoupling=rt"], "`decoupling`")):
         with pytest.raises(ValueError, match=match):
             load_config(None, overrides)
@@ -109,10 +109,10 @@ def _stage_state(path: Path) -> tuple[int, int, dict[str, torch.Tensor]]:
 def test_stage2_changes_only_the_classifier_on_the_builtin_data(demo_root, tmp_path):
     """Stage 1 of an image model (batch norms, dropout), then cRT's stage 2 resumed from its checkpoint:
     every tensor of the state dict but the classifier's is bit-identical, the classifier's changed."""
-    common = [f"data_root={demo_root}", "weights=none", "epochs=1", "batch_size=64", "warmup_iters=1",
-              "sampler_reduce=16", "device=cpu"]
-    stage1 = train(load_config("demo/erm", [*common, f"out_dir={tmp_path / 's1'}"]), progress=False)
-    crt_cfg = load_config("demo/crt", [*common, f"out_dir={tmp_path / 'crt'}", "stage2_epochs=1"])
+    common = [f"data.root={demo_root}", "model.weights=none", "schedule.epochs=1", "optim.batch_size=64", "schedule.warmup_iters=1",
+              "sampler.reduce=16", "run.device=cpu"]
+    stage1 = train(load_config("demo/erm", [*common, f"run.out_dir={tmp_path / 's1'}"]), progress=False)
+    crt_cfg = load_config("demo/crt", [*common, f"run.out_dir={tmp_path / 'crt'}", "stage2_epochs=1"])
     res = train(crt_cfg, progress=False, resume=str(tmp_path / "s1" / "checkpoint.pt"))
     e1, s1, a = _stage_state(tmp_path / "s1" / "checkpoint.pt")
     e2, s2, b = _stage_state(tmp_path / "crt" / "checkpoint.pt")
@@ -168,7 +168,7 @@ def test_tau_norm_is_applied_once_even_when_resumed(tmp_path):
     again = train(load_config(None, over), progress=False, resume=True)  # a finished tau-norm run, resumed
     assert again["per_class_ap"] == res["per_class_ap"]
     # a positive rescaling of each class's logit keeps every class's ranking: the per-class AP of stage 1
-    plain = train(load_config(None, [*over, "decoupling=none", f"out_dir={tmp_path / 'plain'}"]), progress=False)
+    plain = train(load_config(None, [*over, "decoupling=none", f"run.out_dir={tmp_path / 'plain'}"]), progress=False)
     assert res["per_class_ap"] == pytest.approx(plain["per_class_ap"], abs=1e-6)
 
 

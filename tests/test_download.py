@@ -155,7 +155,7 @@ def test_wrong_checksum_is_refused_before_extraction(server: _Server, tmp_path: 
     """The spec's published MD5 does not match a fake archive served under its name."""
     server.files["VOCtrainval_11-May-2012.tar"] = _tar({"VOCdevkit/VOC2012/x.txt": b"fake"})
     with pytest.raises(ValueError, match=r"MD5 mismatch: expected 6cd6e144f989b92b3379bac3b3de84fd"):
-        download_dataset("voc2012", tmp_path, mirror=server.url, progress=False, subset=False, **FAST)
+        download_dataset("voc2012", tmp_path, mirror=server.url, progress=False, **FAST)
     assert not (tmp_path / "VOCdevkit").exists()
     assert (tmp_path / "VOCtrainval_11-May-2012.tar.corrupt").exists()
     assert not (tmp_path / ".dbloss").exists()
@@ -246,17 +246,26 @@ def test_corrupt_archives_are_named(tmp_path: Path) -> None:
 
 
 def test_published_id_list_is_fetched_with_the_images(server: _Server, tmp_path: Path, voc_coco_mlt_dir: Path) -> None:
-    """voc2012 fetches the VOC-MLT list from the mirror and verifies its published checksum."""
-    from dbloss.data.published import PUBLISHED_SUBSETS, load_id_list
+    """voc2012 fetches the VOC-MLT list from the mirror and verifies its published checksum; the
+    generic downloader alone fetches images only."""
+    from dbloss.data.published import PUBLISHED_SUBSETS, download_with_subset, load_id_list
 
     ids = (voc_coco_mlt_dir / "voc_mlt_train_labels.csv").read_text().splitlines()[1:]
     ids = [line.split(",")[0] for line in ids]
     server.files[PUBLISHED_SUBSETS["voc-mlt"].filename] = ("\n".join(ids) + "\n").encode()
     data = _tar({"VOCdevkit/VOC2012/ImageSets/Main/trainval.txt": b"x\n"})
     server.files["t.tar"] = data
-    download_dataset("voc2012", tmp_path, mirror=server.url, progress=False,
-                     archives=[Archive("t.tar", "unused", _md5(data))], **FAST)
+    archives = [Archive("t.tar", "unused", _md5(data))]
+    download_dataset("voc2012", tmp_path / "images_only", mirror=server.url, progress=False, archives=archives,
+                     **FAST)
+    assert [p for p, _ in server.requests] == ["/t.tar"] and not (tmp_path / "images_only" / "published").exists()
+    root = download_with_subset("voc2012", tmp_path, mirror=server.url, progress=False, archives=archives, **FAST)
+    assert root == tmp_path / "VOCdevkit" and (root / "VOC2012" / "ImageSets" / "Main" / "trainval.txt").is_file()
+    assert server.requests[-1][0] == "/" + PUBLISHED_SUBSETS["voc-mlt"].filename
     assert len(load_id_list(tmp_path / "published" / "voc_mlt_img_id.txt")) == 1142
+    n = len(server.requests)
+    download_with_subset("voc2012", tmp_path, mirror=server.url, progress=False, archives=archives, **FAST)
+    assert len(server.requests) == n  # everything in place: nothing fetched
 
 
 def test_unknown_dataset() -> None:
@@ -276,6 +285,6 @@ def test_a_benchmark_name_downloads_all_its_data_sets(server: _Server, tmp_path:
     fetched: list[str] = []
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(dl, "download_archive", lambda archive, dest, **kw: fetched.append(archive.filename))
-        root = download_dataset("voc-mlt", tmp_path, subset=False)
+        root = download_dataset("voc-mlt", tmp_path)
     assert fetched == ["VOCtrainval_11-May-2012.tar", "VOCtrainval_06-Nov-2007.tar", "VOCtest_06-Nov-2007.tar"]
     assert root == tmp_path / "VOCdevkit"

@@ -196,8 +196,8 @@ def test_demo_features_train_a_head(tmp_path):
     res = extract_demo_features("small_cnn", tmp_path / "feats", data_root=tmp_path / "demo_data", weights=None,
                                 image_size=32, batch_size=256, progress=False)
     assert res["train"].num_rows > 1000 and res["test"].num_rows > 400 and res["train"].dim == 256
-    cfg = load_config("demo_features/db_focal", [f"train_ann={res['train'].path}", f"test_ann={res['test'].path}",
-                                                 "epochs=1", f"out_dir={tmp_path / 'run'}"])
+    cfg = load_config("demo_features/db_focal", [f"data.train_ann={res['train'].path}", f"data.test_ann={res['test'].path}",
+                                                 "schedule.epochs=1", f"run.out_dir={tmp_path / 'run'}"])
     out = train(cfg, progress=False)
     assert 0 < out["mAP"]["total"] <= 1 and (tmp_path / "run" / "metrics.json").is_file()
 

@@ -180,7 +180,7 @@ def test_fp16_autocast_with_grad_scaler_on_cpu(feature_files, tmp_path):
 
 
 def test_compiled_model_matches_eager(feature_files, tmp_path):
-    """compile=true (torch.compile of the model; the loss stays eager) trains to the eager result."""
+    """run.compile=true (torch.compile of the model; the loss stays eager) trains to the eager result."""
     train_f, test_f = feature_files
     common = dict(neck_dim=16, epochs=1)
     eager = train(load_config(None, feature_overrides(train_f, test_f, tmp_path / "eager", **common)), progress=False)
@@ -199,7 +199,7 @@ def test_adamw_option_trains_and_resume_refuses_a_different_optimizer(feature_fi
     state = torch.load(out / "checkpoint.pt", weights_only=True)["optimizer"]["state"]
     assert "exp_avg_sq" in next(iter(state.values()))  # Adam moments, not SGD momentum buffers
     sgd = load_config(None, feature_overrides(train_f, test_f, out, epochs=3))
-    with pytest.raises(ValueError, match="optimizer='adamw'"):
+    with pytest.raises(ValueError, match="optim.name='adamw'"):
         train(sgd, progress=False, resume=True)
     with pytest.raises(ValueError, match="`optimizer` to be one of"):
         load_config(None, feature_overrides(train_f, test_f, out, optimizer="adam"))
@@ -271,7 +271,7 @@ def test_patience_stops_early_after_epochs_without_improvement(feature_files, tm
     assert epochs_run == list(range(1, stop + 1))
     assert res["best_epoch"] == best_epoch and res["epochs_run"] == stop
     assert [r["epoch"] for r in logged if r["type"] == "early_stop"] == [stop]
-    with pytest.raises(ValueError, match="keep_best=true` with `patience`"):
+    with pytest.raises(ValueError, match="eval.keep_best=true` with `eval.patience`"):
         load_config(None, feature_overrides(train_f, test_f, out, patience=2))
 
 
@@ -414,18 +414,18 @@ def test_bias_init_prior_starts_every_logit_at_its_class_prior(feature_files, tm
     train_f, _ = feature_files
     labels = np.load(train_f)["labels"]
     stats = LabelStats.from_labels(labels)
-    cfg = load_config(None, ["bias_init=prior", "neck_dim=0"])
+    cfg = load_config(None, ["model.bias_init=prior", "model.neck_dim=0"])
     torch.manual_seed(0)
     model = build_network(cfg, labels.shape[1], torch.device("cpu"), input_type="features", in_features=16,
                           stats=stats)
     prior = torch.as_tensor(labels.mean(0), dtype=torch.float32)
     torch.testing.assert_close(torch.sigmoid(model.classifier.bias.detach()), prior)
     torch.manual_seed(0)
-    plain = build_network(load_config(None, ["neck_dim=0"]), labels.shape[1], torch.device("cpu"),
+    plain = build_network(load_config(None, ["model.neck_dim=0"]), labels.shape[1], torch.device("cpu"),
                           input_type="features", in_features=16, stats=stats)
     assert torch.equal(plain.classifier.weight, model.classifier.weight)  # the weights drew the same numbers
-    with pytest.raises(ValueError, match="bias_init=prior sets a linear classifier's bias, but head='ml-gcn'"):
-        build_network(load_config(None, ["bias_init=prior", "head=ml-gcn"]), labels.shape[1], torch.device("cpu"),
+    with pytest.raises(ValueError, match="model.bias_init=prior sets a linear classifier's bias, but method 'ml-gcn'"):
+        build_network(load_config(None, ["model.bias_init=prior", "head=ml-gcn"]), labels.shape[1], torch.device("cpu"),
                       input_type="features", in_features=16, stats=stats)
     assert load_config("features/db_focal").bias_init == "prior" and load_config("voc_mlt/db_focal").bias_init == \
         "default"

@@ -19,7 +19,7 @@ def test_collapse_is_one_constant_per_class_over_samples():
     assert collapse_message(scores, lr=0.1, optimizer="sgd", epoch=1) is None
     flat = torch.full((16, 5), 0.5) + 1e-6 * torch.randn(16, 5)  # the outputs: 0.50, sd 2e-5 at most
     msg = collapse_message(flat, lr=0.5, optimizer="sgd", epoch=2)
-    assert "collapsed after epoch 2" in msg and "lr=0.05" in msg
+    assert "collapsed after epoch 2" in msg and "optim.lr=0.05" in msg
     one_class_varies = torch.full((16, 5), 0.5)
     one_class_varies[:, 3] = torch.rand(16)
     assert collapse_message(one_class_varies, lr=0.1, optimizer="sgd", epoch=1) is None
@@ -97,4 +97,4 @@ def test_a_healthy_run_reports_nothing(run):
 
 def test_health_is_validated():
     with pytest.raises(ValueError, match="`health` to be one of"):
-        load_config(None, ["health=loud"])
+        load_config(None, ["run.health=loud"])

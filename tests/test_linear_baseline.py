@@ -25,9 +25,9 @@ def _feature_files(tmp_path, n_train=240, n_test=120, classes=5, dim=12):
 
 
 def _cfg(tmp_path, train, test, *extra):
-    return load_config(None, ["dataset=features", f"train_ann={train}", f"test_ann={test}", "val_size=60",
-                              "epochs=1", "batch_size=32", "warmup_iters=0", "tensorboard=false", "workers=0",
-                              "device=cpu", "sampler=random", f"out_dir={tmp_path / 'run'}", *extra])
+    return load_config(None, ["data.dataset=features", f"data.train_ann={train}", f"data.test_ann={test}", "data.val_size=60",
+                              "schedule.epochs=1", "optim.batch_size=32", "schedule.warmup_iters=0", "run.tensorboard=false", "data.workers=0",
+                              "run.device=cpu", "sampler.name=random", f"run.out_dir={tmp_path / 'run'}", *extra])
 
 
 def _arrays(seed=0, n=300, dim=10, classes=4):
@@ -41,7 +41,7 @@ def test_the_row_writes_a_run_folder_in_the_engines_format(tmp_path):
     from dbloss.training.engine import train
 
     train_f, test_f = _feature_files(tmp_path)
-    res = train_logistic_regression(_cfg(tmp_path, train_f, test_f, "name=logreg"), progress=False, n_jobs=1)
+    res = train_logistic_regression(_cfg(tmp_path, train_f, test_f, "run.name=logreg"), progress=False, n_jobs=1)
     out = tmp_path / "run"
     for name in ("config.yaml", "label_stats.json", "metrics.json", "metrics.md", "predictions.npz", "logreg.json"):
         assert (out / name).is_file(), name
@@ -58,7 +58,7 @@ def test_the_row_writes_a_run_folder_in_the_engines_format(tmp_path):
     with np.load(out / "predictions.npz") as z:
         assert z["scores"].shape == z["targets"].shape == (120, 5)
 
-    train(_cfg(tmp_path, train_f, test_f, f"out_dir={tmp_path / 'net'}"), progress=False)
+    train(_cfg(tmp_path, train_f, test_f, f"run.out_dir={tmp_path / 'net'}"), progress=False)
     engine = json.loads((tmp_path / "net" / "metrics.json").read_text())
     assert set(ours) == set(engine)
     assert set(ours["val"]) == set(engine["val"])
@@ -96,14 +96,14 @@ def test_the_choice_is_made_on_validation_only(tmp_path, monkeypatch):
 
 def test_image_datasets_are_refused_with_their_name(tmp_path):
     for recipe, kind in (("demo/rs", "demo"), ("voc_mlt/rs", "voc")):
-        with pytest.raises(UsageError, match=f"dataset='{kind}' is an image dataset.*dbloss features"):
-            train_logistic_regression(load_config(recipe, [f"out_dir={tmp_path / kind}"]), progress=False)
+        with pytest.raises(UsageError, match=f"data.dataset='{kind}' is an image dataset.*dbloss features"):
+            train_logistic_regression(load_config(recipe, [f"run.out_dir={tmp_path / kind}"]), progress=False)
         assert not (tmp_path / kind).exists()
 
 
 def test_a_folder_holding_a_run_is_refused_without_overwrite(tmp_path):
     train_f, test_f = _feature_files(tmp_path, n_train=120, n_test=60, classes=3)
-    cfg = _cfg(tmp_path, train_f, test_f, "val_size=30")
+    cfg = _cfg(tmp_path, train_f, test_f, "data.val_size=30")
     train_logistic_regression(cfg, progress=False, n_jobs=1)
     with pytest.raises(UsageError, match="already holds a run.*--overwrite"):
         train_logistic_regression(cfg, progress=False, n_jobs=1)
@@ -132,8 +132,8 @@ def test_sparse_features_give_the_dense_result(tmp_path, monkeypatch):
     bundle = DataBundle(FeatureDataset(sp.csr_matrix(x[:160]), y[:160]), FeatureDataset(sp.csr_matrix(x_test), y_test),
                         FeatureDataset(sp.csr_matrix(x[160:200]), y[160:200]), y[:160], ["a", "b", "c", "d"], 30)
     monkeypatch.setattr("dbloss.data.pipeline.build_data", lambda cfg: bundle)
-    cfg = load_config(None, ["dataset=text-csv", "train_ann=unused.csv", "test_ann=unused.csv",
-                             f"out_dir={tmp_path / 'sparse'}"])
+    cfg = load_config(None, ["data.dataset=text-csv", "data.train_ann=unused.csv", "data.test_ann=unused.csv",
+                             f"run.out_dir={tmp_path / 'sparse'}"])
     with pytest.warns(UserWarning, match="no positive"):
         res = train_logistic_regression(cfg, progress=False, n_jobs=1)
     assert res["per_class_ap"][3] is None and res["mAP"]["total"] is not None
@@ -202,11 +202,11 @@ def test_the_baseline_command(tmp_path, capsys):
     recipe = tmp_path / "feats.yaml"
     recipe.write_text(yaml.safe_dump({"dataset": "features", "train_ann": str(train_f), "test_ann": str(test_f)}))
     out = tmp_path / "b"
-    assert main(["baseline", str(recipe), "seed=3", "--out", str(out), "--no-progress"]) == 0
+    assert main(["baseline", str(recipe), "run.seed=3", "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "| logreg | logistic | – |" in printed and str(out / "metrics.json") in printed
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert (cfg["seed"], cfg["name"]) == (3, "logreg")
     assert json.loads((out / "logreg.json").read_text())["num_val"] == 15  # 10% of 150, no val_size in the recipe
     assert main(["baseline", "demo/rs", "--out", str(tmp_path / "img"), "--no-progress"]) == 2
-    assert "dataset='demo' is an image dataset" in capsys.readouterr().err
+    assert "data.dataset='demo' is an image dataset" in capsys.readouterr().err

@@ -72,7 +72,7 @@ def test_identity_graph_and_one_hot_embeddings_reduce_to_a_linear_classifier():
 def test_every_loss_trains_the_gcn(loss):
     """Shapes, and gradients that reach both graph convolutions and the layer below, under every loss."""
     stats = LabelStats.from_labels(LABELS)
-    cfg = load_config(None, ["head=ml-gcn", "neck_dim=8", "gcn_hidden=16", "device=cpu"])
+    cfg = load_config(None, ["head=ml-gcn", "model.neck_dim=8", "gcn_hidden=16", "run.device=cpu"])
     model = build_network(cfg, 3, torch.device("cpu"), input_type="features", in_features=5, stats=stats)
     assert isinstance(model.classifier, GCNClassifier)
     try:  # the DB family on its torch path: the fused kernel is tested in test_fused (and its build is slow)
@@ -89,7 +89,7 @@ def test_every_loss_trains_the_gcn(loss):
 
 def test_image_model_gradients_reach_the_backbone():
     stats = LabelStats.from_labels(LABELS)
-    cfg = load_config(None, ["head=ml-gcn", "backbone=small_cnn", "weights=none", "gcn_hidden=32"])
+    cfg = load_config(None, ["head=ml-gcn", "model.backbone=small_cnn", "model.weights=none", "gcn_hidden=32"])
     model = build_network(cfg, 3, torch.device("cpu"), stats=stats)
     out = model(torch.randn(4, 3, 32, 32))
     assert out.shape == (4, 3)
@@ -121,8 +121,8 @@ def test_label_embeddings_from_a_file(tmp_path):
 
 def test_short_run_on_the_builtin_data(demo_root, tmp_path):
     out = tmp_path / "ml_gcn"
-    cfg = load_config("demo/ml_gcn", [f"data_root={demo_root}", f"out_dir={out}", "weights=none", "epochs=1",
-                                      "batch_size=64", "warmup_iters=1", "gcn_hidden=64", "device=cpu"])
+    cfg = load_config("demo/ml_gcn", [f"data.root={demo_root}", f"run.out_dir={out}", "model.weights=none", "schedule.epochs=1",
+                                      "optim.batch_size=64", "schedule.warmup_iters=1", "gcn_hidden=64", "run.device=cpu"])
     res = train(cfg, progress=False)
     assert res["mAP"]["total"] > 0.1 and len(res["per_class_ap"]) == 14
     ckpt = load_checkpoint(out / "checkpoint.pt")

@@ -110,7 +110,7 @@ def test_oltr_two_stages_resume_in_stage2_and_predict(feature_recipe, monkeypatc
     memory; a run killed in stage 2 resumes there and ends bit-identical; the checkpoint answers as the run."""
     over = lambda name: feature_recipe(name, head="oltr", epochs=2, stage2_epochs=2, num_samples_cls=4)  # noqa: E731
     cfg = load_config(None, over("full"))
-    assert [(s.number, s.cfg.sampler) for s in training_stages(cfg)] == [(1, "random"), (2, "class-aware")]
+    assert [(s.number, s.cfg.sampler.name) for s in training_stages(cfg)] == [(1, "random"), (2, "class-aware")]
     seen: list[torch.Tensor] = []
     real_centroids = engine._oltr_centroids
 
@@ -126,21 +126,21 @@ def test_oltr_two_stages_resume_in_stage2_and_predict(feature_recipe, monkeypatc
     monkeypatch.setattr(engine, "_oltr_centroids", spy)
     full = train(cfg, progress=False)
     assert len(seen) == 1 and full["sampler"] == "random, then class-aware"
-    log = [json.loads(x) for x in open(f"{cfg.out_dir}/log.jsonl")]
+    log = [json.loads(x) for x in open(f"{cfg.run.out_dir}/log.jsonl")]
     assert [(r.get("stage"), r["epoch"]) for r in log if r["type"] == "epoch"] == [(1, 1), (1, 2), (2, 1), (2, 2)]
     train_killed_after(3, load_config(None, over("killed")))  # stage 1's two epochs and stage 2's first are done
-    runs = Path(cfg.out_dir).parent
+    runs = Path(cfg.run.out_dir).parent
     ckpt = load_checkpoint(runs / "killed" / "checkpoint.pt")
     assert (ckpt["epoch"], ckpt["stage"]) == (3, 2) and bool(ckpt["model"]["memory_ready"])
     resumed = train(load_config(None, over("killed")), progress=False, resume=True)
     assert resumed["per_class_ap"] == full["per_class_ap"] and len(seen) == 2  # not recomputed on resume
     a, b = (load_checkpoint(runs / n / "checkpoint.pt")["model"] for n in ("full", "killed"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    _, _, model = model_from_checkpoint(load_checkpoint(f"{cfg.out_dir}/checkpoint.pt"))
+    _, _, model = model_from_checkpoint(load_checkpoint(f"{cfg.run.out_dir}/checkpoint.pt"))
     assert isinstance(model, OLTRNetwork) and model._stage2
-    scores = np.load(f"{cfg.out_dir}/predictions.npz")["scores"]
-    features = torch.from_numpy(np.load(cfg.test_ann)["features"])
-    np.testing.assert_allclose(Predictor.from_checkpoint(cfg.out_dir, device="cpu")(features).numpy(), scores,
+    scores = np.load(f"{cfg.run.out_dir}/predictions.npz")["scores"]
+    features = torch.from_numpy(np.load(cfg.data.test_ann)["features"])
+    np.testing.assert_allclose(Predictor.from_checkpoint(cfg.run.out_dir, device="cpu")(features).numpy(), scores,
                                atol=1e-6)
 
 
@@ -152,8 +152,8 @@ def test_oltr_runs_with_every_loss(feature_recipe, loss, torch_path):
 
 
 def test_oltr_trains_on_the_builtin_images(demo_root, tmp_path):
-    cfg = load_config("demo/oltr", [f"data_root={demo_root}", f"out_dir={tmp_path / 'oltr'}", "weights=none",
-                                    "epochs=1", "stage2_epochs=1", "batch_size=64", "warmup_iters=1", "device=cpu"])
+    cfg = load_config("demo/oltr", [f"data.root={demo_root}", f"run.out_dir={tmp_path / 'oltr'}", "model.weights=none",
+                                    "schedule.epochs=1", "stage2_epochs=1", "optim.batch_size=64", "schedule.warmup_iters=1", "run.device=cpu"])
     res = train(cfg, progress=False)
     assert 0 < res["mAP"]["total"] <= 1
     state = load_checkpoint(tmp_path / "oltr" / "checkpoint.pt")["model"]
@@ -165,7 +165,7 @@ def test_oltr_trains_on_the_builtin_images(demo_root, tmp_path):
 def test_oltr_config_errors():
     for overrides, match in ((["head=oltr"], "stage2_epochs` >= 1 with head='oltr'"),
                              (["head=oltr", "stage2_epochs=1", "decoupling=crt"], "decoupling='none' with head='oltr'"),
-                             (["head=oltr", "stage2_epochs=1", "keep_best=true", "val_size=10"], "head='oltr'"),
+                             (["head=oltr", "stage2_epochs=1", "eval.keep_best=true", "data.val_size=10"], "head='oltr'"),
                              (["head=oltr", "stage2_epochs=1", "oltr_centroid_weight=-1"], "oltr_centroid_weight")):
         with pytest.raises(ValueError, match=match):
             load_config(None, overrides)

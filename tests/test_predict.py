@@ -134,7 +134,7 @@ def test_global_threshold_when_no_per_class_ones_were_stored(demo, tmp_path):
     p = Predictor.from_checkpoint(tmp_path / "global.pt", device="cpu")
     assert p.threshold_source == "global" and torch.all(p.thresholds == 0.3)
     p = Predictor.from_checkpoint(tmp_path / "older.pt", device="cpu")
-    assert p.threshold_source == "config" and torch.all(p.thresholds == p.config.threshold)
+    assert p.threshold_source == "config" and torch.all(p.thresholds == p.config.eval.threshold)
 
 
 # ---------------------------------------------------------------------------------------------

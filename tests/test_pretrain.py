@@ -97,15 +97,15 @@ def test_pretrain_errors_name_the_problem(tmp_path):
 def test_demo_recipes_fine_tune_pretrained_and_scratch_recipes_freeze_nothing():
     for name in ("erm", "rs", "db_focal"):
         pre, scratch = load_config(f"demo/{name}"), load_config(f"demo_scratch/{name}")
-        assert pre.weights == "demo-source" and pre.frozen_stages is None  # first stage frozen (pretrained)
-        assert scratch.weights is None
-        model = build_model(14, backbone=scratch.backbone, weights=scratch.weights,
-                            frozen_stages=scratch.frozen_stages)
+        assert pre.model.weights == "demo-source" and pre.model.frozen_stages is None  # first stage frozen (pretrained)
+        assert scratch.model.weights is None
+        model = build_model(14, backbone=scratch.model.backbone, weights=scratch.model.weights,
+                            frozen_stages=scratch.model.frozen_stages)
         assert all(p.requires_grad for p in model.parameters())
         # the regimes differ in weights only (and DB-Focal's lr, chosen on validation in the pretrained regime)
         assert {k: v for k, v in pre.to_dict().items() if k not in ("weights", "lr")} == \
             {k: v for k, v in scratch.to_dict().items() if k not in ("weights", "lr")}
-        assert scratch.lr == 0.02 and pre.lr == (0.2 if name == "db_focal" else 0.02)
+        assert scratch.optim.lr == 0.02 and pre.optim.lr == (0.2 if name == "db_focal" else 0.02)
 
 
 @pytest.mark.slow

@@ -110,3 +110,27 @@ def test_fetch_without_network_fails_fast(tmp_path, url):
             fetch_published_subset("voc-mlt", tmp_path, timeout=1.0)
     assert time.monotonic() - t0 < 10
     assert not list(tmp_path.iterdir())
+
+
+def test_download_with_subset_fetches_each_data_sets_list_after_its_images(tmp_path, monkeypatch):
+    """voc-mlt: VOC 2012's images, the VOC-MLT list (from the mirror), then VOC 2007's; the generic
+    downloader (dbloss.data.download) is only asked for images."""
+    from dbloss.data import published
+
+    calls = []
+    monkeypatch.setattr(published, "download_dataset",
+                        lambda name, dest, **kw: calls.append(("images", name)) or Path(dest) / "VOCdevkit")
+    monkeypatch.setattr(published, "fetch_published_subset",
+                        lambda name, folder, url: calls.append(("list", name, Path(folder), url)))
+    monkeypatch.setenv("DBLOSS_MIRROR", "http://mirror.example/data/")
+    root = published.download_with_subset("voc-mlt", tmp_path, progress=False)
+    assert root == tmp_path / "VOCdevkit"
+    assert calls == [("images", "voc2012"),
+                     ("list", "voc-mlt", tmp_path / "published", "http://mirror.example/data/voc_mlt_img_id.txt"),
+                     ("images", "voc2007")]
+    calls.clear()
+    published.download_with_subset("coco-mlt", tmp_path, subset=False)
+    assert calls == [("images", "coco2017")]
+    monkeypatch.delenv("DBLOSS_MIRROR")
+    published.download_with_subset("coco2017", tmp_path)
+    assert calls[-1] == ("list", "coco-mlt", tmp_path / "published", PUBLISHED_SUBSETS["coco-mlt"].url)

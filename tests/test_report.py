@@ -207,3 +207,69 @@ def test_report_html_in_headless_chromium(run_dirs, tmp_path):
     res = _chromium(["--window-size=1280,2400", f"--screenshot={shot}", html_path.as_uri()], tmp_path, "shot")
     assert res.returncode == 0 and shot.is_file(), res.stderr[-2000:]
     assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 20_000
+
+
+SEEDS = (0, 1, 2)
+SEED_SHIFT = {0: -0.06, 1: 0.0, 2: 0.09}  # each seed's per-class AP and F1 move by this much
+
+
+def _seed_metrics(name, seed):
+    m = _metrics(name)
+    m["per_class_ap"] = [None if v is None else min(1.0, v + SEED_SHIFT[seed]) for v in m["per_class_ap"]]
+    m.update(mAP=_group_map(m["per_class_ap"]), micro_f1=0.6 + SEED_SHIFT[seed], macro_f1=0.4 + 2 * SEED_SHIFT[seed],
+             seed=seed)
+    return m
+
+
+@pytest.fixture
+def seed_rows(tmp_path):
+    """``OUT/<row>/seed<s>/metrics.json`` as ``dbloss demo`` lays them out: each seed with other metrics."""
+    for name in RUNS:
+        for seed in SEEDS:
+            d = tmp_path / "demo" / name / f"seed{seed}"
+            d.mkdir(parents=True)
+            (d / "metrics.json").write_text(json.dumps(_seed_metrics(name, seed)))
+    return tmp_path / "demo"
+
+
+def _mean_sd(values):
+    v = np.array(values, dtype=float)
+    return f"{100 * v.mean():.2f} ± {100 * v.std(ddof=1):.2f}"
+
+
+def test_report_rows_over_seeds_show_mean_and_sd_of_every_seed(seed_rows, tmp_path):
+    paths = write_report([seed_rows / name for name in RUNS], tmp_path / "r")  # folders of seed<k>/ runs
+    md, text = paths["markdown"].read_text(), paths["html"].read_text()
+    for name in RUNS:
+        ms = [_seed_metrics(name, s) for s in SEEDS]
+        expect = [_mean_sd([m["mAP"]["total"] for m in ms]), *(_mean_sd([m["mAP"][g] for m in ms]) for g in GROUPS),
+                  _mean_sd([m["micro_f1"] for m in ms]), _mean_sd([m["macro_f1"] for m in ms])]
+        loss, sampler, _ = RUNS[name]
+        assert f"| {name} | {loss} | {sampler} | " + " | ".join(expect) + " |" in md
+        assert f"<td>{name}</td><td>{loss}</td><td>{sampler}</td>" + "".join(
+            f'<td class="num">{c}</td>' for c in expect) in text
+        seed0 = f"{100 * ms[0]['mAP']['total']:.2f}"
+        assert f"| {name} | {loss} | {sampler} | {seed0} |" not in md  # not the first seed alone
+        assert f"seeds 0, 1, 2: `{seed_rows / name / 'seed0'}`" in md
+    assert "mean ± sample standard deviation over the seeds" in md and "over the seeds" in text
+    assert "(mean over its seeds)" in md and "increment of db-focal over rs (means over seeds)" in md
+    # a list of run folders per row is the same row; so is the per-class AP the figures plot: the mean
+    lists = write_report([[seed_rows / name / f"seed{s}" for s in SEEDS] for name in RUNS], tmp_path / "r2")
+    table = md.split("\n\n")[2]
+    assert table.startswith("| Run |") and table in lists["markdown"].read_text()
+
+
+def test_load_rows_means_per_class_ap_and_rejects_mixed_rows(seed_rows, tmp_path):
+    from dbloss.apps.report import load_rows
+
+    (row,) = load_rows([seed_rows / "rs"])
+    assert row["seeds"] == list(SEEDS) and len(row["runs"]) == 3 and row["run_dir"] == str(seed_rows / "rs")
+    expect = np.mean([_seed_metrics("rs", s)["per_class_ap"] for s in SEEDS], axis=0)
+    np.testing.assert_allclose(row["per_class_ap"], expect)
+    assert row["class_names"] == NAMES and row["train_class_freq"] == FREQ.tolist()
+    (single,) = load_rows([seed_rows / "rs" / "seed1"])  # one run: its own values, no sd
+    assert single["mean"]["total"] == _seed_metrics("rs", 1)["mAP"]["total"] and np.isnan(single["sd"]["total"])
+    with pytest.raises(ValueError, match="share `name`"):
+        load_rows([[seed_rows / "rs" / "seed0", seed_rows / "bce" / "seed1"]])
+    with pytest.raises(FileNotFoundError, match="no metrics.json"):
+        load_rows([tmp_path])  # neither a run nor a folder of seed runs

@@ -144,9 +144,9 @@ def test_text_features_validated():
 
     assert load_config("reuters/bce").text_features == "huang" and load_config("reuters/bce").tfidf_max_features is None
     with pytest.raises(ValueError, match="`text_features` to be one of \\('huang', 'sublinear'\\), but got 'bigram'"):
-        load_config("reuters/bce", ["text_features=bigram"])
+        load_config("reuters/bce", ["data.text_features=bigram"])
     with pytest.raises(ValueError, match="`tfidf_max_features` >= 1 or null"):
-        load_config("reuters/bce", ["tfidf_max_features=0"])
+        load_config("reuters/bce", ["data.tfidf_max_features=0"])
     with pytest.raises(ValueError, match="text_features"):
         text_vectorizer("bigram")
 
@@ -167,7 +167,7 @@ def test_reuters_features_keep_whole_training_vocabulary(reuters_dir):
     from dbloss.config import load_config
     from dbloss.data.pipeline import build_data
 
-    cfg = load_config("reuters/bce", [f"data_root={reuters_dir}"])
+    cfg = load_config("reuters/bce", [f"data.root={reuters_dir}"])
     data = build_data(cfg)
     train, _ = read_reuters(reuters_dir)
     tr, _ = huang_validation_split(train)
@@ -175,8 +175,8 @@ def test_reuters_features_keep_whole_training_vocabulary(reuters_dir):
     assert data.in_features == counts.shape[1]  # fitted on the 6,769 training documents, nothing dropped
     df = np.asarray((counts > 0).sum(0)).ravel()
     assert (df == 1).sum() > 5000  # terms of a single training document are features
-    earlier = build_data(load_config("reuters/bce", [f"data_root={reuters_dir}", "text_features=sublinear",
-                                                     "tfidf_max_features=20000"]))
+    earlier = build_data(load_config("reuters/bce", [f"data.root={reuters_dir}", "data.text_features=sublinear",
+                                                     "data.tfidf_max_features=20000"]))
     assert earlier.in_features < data.in_features - 5000  # min_df 2 drops them
 
 
@@ -192,7 +192,7 @@ def test_reuters_svm_reproduces_huang_et_al(reuters_dir):
 
     bench = _bench_module()
     micro, macro = bench.PUBLISHED["svm"]
-    data = build_data(load_config("reuters/bce", [f"data_root={reuters_dir}"]))
+    data = build_data(load_config("reuters/bce", [f"data.root={reuters_dir}"]))
     res = bench.svm_scores(data, "balanced")
     assert abs(100 * res["micro_f1"] - micro) < 0.1, res["micro_f1"]
     assert abs(100 * res["macro_f1"] - macro) < 0.3, res["macro_f1"]

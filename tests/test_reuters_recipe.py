@@ -71,7 +71,7 @@ def batch():
 def test_recipe_loss_matches_huang_et_al(row, batch):
     z, y, freq, n = batch
     cfg = load_config(f"reuters/{row}")
-    ours = build_loss(cfg.loss, freq, n, reduction="none", **cfg.loss_args)(z, y).double()
+    ours = build_loss(cfg.loss.name, freq, n, reduction="none", **cfg.loss.args)(z, y).double()
     theirs = _huang_loss(z, y, freq, n, **HUANG_ROWS[row])
     if row == "cb_focal":  # theirs: unnormalised class weights x loss_weight 10; ours: weights summing to C
         raw = (1 - 0.9) / (1 - 0.9 ** freq)
@@ -87,24 +87,24 @@ def test_recipes_share_protocol_and_optimiser():
     base = load_config("reuters/_base").to_dict()
     for row in ROWS:
         cfg = load_config(f"reuters/{row}")
-        assert cfg.name == row and cfg.dataset == "reuters"
-        assert cfg.sampler == "random"  # Huang et al. do not re-sample
-        assert cfg.val_size == 1000 and cfg.threshold_search == [0.4, 0.6, 0.01]
-        assert (cfg.head_min, cfg.tail_max) == (35, 9)
-        assert not cfg.tensorboard and cfg.workers == 0
+        assert cfg.run.name == row and cfg.data.dataset == "reuters"
+        assert cfg.sampler.name == "random"  # Huang et al. do not re-sample
+        assert cfg.data.val_size == 1000 and cfg.eval.threshold_search == [0.4, 0.6, 0.01]
+        assert (cfg.eval.head_min, cfg.eval.tail_max) == (35, 9)
+        assert not cfg.run.tensorboard and cfg.data.workers == 0
         # Huang et al.'s features and model selection: the whole vocabulary, best validation epoch, patience 5
-        assert (cfg.text_features, cfg.tfidf_max_features) == ("huang", None)
-        assert cfg.keep_best and cfg.patience == 5
+        assert (cfg.data.text_features, cfg.data.tfidf_max_features) == ("huang", None)
+        assert cfg.eval.keep_best and cfg.eval.patience == 5
         # data, features, model, selection and optimiser come from the base: one setting for the whole table
         assert {k for k, v in cfg.to_dict().items() if v != base[k]} <= {"name", "loss", "loss_args"}, row
-        assert (cfg.optimizer, cfg.epochs, cfg.batch_size, cfg.lr, cfg.lr_steps) == ("sgd", 20, 64, 1.0, []), row
+        assert (cfg.optim.name, cfg.schedule.epochs, cfg.optim.batch_size, cfg.optim.lr, cfg.schedule.lr_steps) == ("sgd", 20, 64, 1.0, []), row
 
 
 def test_db_focal_recipe_trains_with_huang_protocol(reuters_dir, tmp_path):
     from dbloss.training.engine import train
 
-    cfg = load_config("reuters/db_focal", [f"data_root={reuters_dir}", f"out_dir={tmp_path}", "epochs=2",
-                                           "tfidf_max_features=2000"])
+    cfg = load_config("reuters/db_focal", [f"data.root={reuters_dir}", f"run.out_dir={tmp_path}", "schedule.epochs=2",
+                                           "data.tfidf_max_features=2000"])
     train(cfg, progress=False)
     res = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("mAP", "micro_f1", "macro_f1", "per_class_ap", "per_class_f1", "macro_f1_groups", "threshold", "split"):
@@ -133,8 +133,8 @@ def test_recipe_linear_head_option():
     """``neck_dim=0`` (``benchmarks/reuters.py --head linear``) makes the recipes' head one linear map."""
     from dbloss.models.classifier import build_model
 
-    cfg = load_config("reuters/db_focal", ["neck_dim=0"])
-    net = build_model(90, input_type="features", neck_dim=cfg.neck_dim, dropout=cfg.dropout, in_features=500)
+    cfg = load_config("reuters/db_focal", ["model.neck_dim=0"])
+    net = build_model(90, input_type="features", neck_dim=cfg.model.neck_dim, dropout=cfg.model.dropout, in_features=500)
     linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
     assert len(linears) == 1 and tuple(linears[0].weight.shape) == (90, 500)
     assert not any(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.Dropout)) for m in net.modules())

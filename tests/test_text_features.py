@@ -107,15 +107,15 @@ def test_build_data_features_sparse_stays_sparse(tmp_path):
         x, y = _sparse_set(n, 30, seed)
         scipy.sparse.save_npz(tmp_path / f"{split}.npz", x)
         _write_labels(tmp_path / "labels" / f"{split}.npz", y, "npz")
-    cfg = load_config(None, ["dataset=features", f"train_ann={tmp_path / 'train.npz'}",
-                             f"test_ann={tmp_path / 'test.npz'}", f"train_labels={tmp_path / 'labels' / 'train.npz'}",
-                             f"test_labels={tmp_path / 'labels' / 'test.npz'}", "val_size=0.25"])
+    cfg = load_config(None, ["data.dataset=features", f"data.train_ann={tmp_path / 'train.npz'}",
+                             f"data.test_ann={tmp_path / 'test.npz'}", f"data.train_labels={tmp_path / 'labels' / 'train.npz'}",
+                             f"data.test_labels={tmp_path / 'labels' / 'test.npz'}", "data.val_size=0.25"])
     data = build_data(cfg)
     for ds in (data.train, data.val, data.test):
         assert scipy.sparse.issparse(ds.features)
     assert (len(data.train), len(data.val), len(data.test)) == (30, 10, 15)
     assert data.class_names == CLASSES and data.in_features == 30 and data.train_labels.shape == (30, 3)
-    cfg.train_labels = None  # nothing beside train.npz: the message names the field to set
+    cfg.data.train_labels = None  # nothing beside train.npz: the message names the field to set
     with pytest.raises(FileNotFoundError, match="set `train_labels`"):
         build_data(cfg)
 
@@ -225,14 +225,14 @@ def test_read_text_csv_errors(tmp_path):
 
 
 def _text_cfg(tmp_path: Path, train: Path, test: Path, *extra: str):
-    return load_config(None, ["dataset=text-csv", f"train_ann={train}", f"test_ann={test}",
-                              f"out_dir={tmp_path / 'run'}", *extra])
+    return load_config(None, ["data.dataset=text-csv", f"data.train_ann={train}", f"data.test_ann={test}",
+                              f"run.out_dir={tmp_path / 'run'}", *extra])
 
 
 def test_build_data_text_csv(tmp_path):
     train = _write_text_csv(tmp_path / "train.csv", _docs(40, seed=0), "list")
     test = _write_text_csv(tmp_path / "test.csv", _docs(10, seed=1), "list")
-    data = build_data(_text_cfg(tmp_path, train, test, "label_column=topics", "val_size=8"))
+    data = build_data(_text_cfg(tmp_path, train, test, "data.label_column=topics", "data.val_size=8"))
     assert (len(data.train), len(data.val), len(data.test)) == (32, 8, 10)
     assert data.class_names == CLASSES and data.input_type == "features"
     for ds in (data.train, data.val, data.test):
@@ -253,8 +253,8 @@ def test_text_csv_class_without_training_positive(tmp_path):
 
 # --------------------------------------------------------------------------- end to end
 
-E2E = ["neck_dim=0", "epochs=2", "device=cpu", "workers=0", "tensorboard=false", "batch_size=16", "warmup_iters=0",
-       "sampler=random", "loss=bce", "lr=1.0", "lr_steps=[]"]  # lr and schedule as the Reuters recipes
+E2E = ["model.neck_dim=0", "schedule.epochs=2", "run.device=cpu", "data.workers=0", "run.tensorboard=false", "optim.batch_size=16", "schedule.warmup_iters=0",
+       "sampler.name=random", "loss.name=bce", "optim.lr=1.0", "schedule.lr_steps=[]"]  # lr and schedule as the Reuters recipes
 
 
 def _check_run(out: Path, res: dict, chance: float) -> None:
@@ -269,7 +269,7 @@ def test_train_text_csv_end_to_end(tmp_path):
     test_docs = _docs(30, seed=1)
     train_f = _write_text_csv(tmp_path / "train.csv", _docs(60, seed=0), "list")
     test_f = _write_text_csv(tmp_path / "test.csv", test_docs, "list")
-    res = train(_text_cfg(tmp_path, train_f, test_f, "label_column=topics", *E2E), progress=False)
+    res = train(_text_cfg(tmp_path, train_f, test_f, "data.label_column=topics", *E2E), progress=False)
     prevalence = np.mean([[c in ls for c in CLASSES] for _, ls in test_docs])  # the mAP of random scores
     _check_run(tmp_path / "run", res, float(prevalence))
 
@@ -281,7 +281,7 @@ def test_train_sparse_features_end_to_end(tmp_path):
         x, y = _sparse_set(n, 30, seed)
         scipy.sparse.save_npz(tmp_path / f"{split}.npz", x)
         _write_labels(tmp_path / f"{split}_labels.csv", y, "csv")
-    res = train(load_config(None, ["dataset=features", f"train_ann={tmp_path / 'train.npz'}",
-                                   f"test_ann={tmp_path / 'test.npz'}", f"out_dir={tmp_path / 'run'}", *E2E]),
+    res = train(load_config(None, ["data.dataset=features", f"data.train_ann={tmp_path / 'train.npz'}",
+                                   f"data.test_ann={tmp_path / 'test.npz'}", f"run.out_dir={tmp_path / 'run'}", *E2E]),
                 progress=False)
     _check_run(tmp_path / "run", res, float(y.mean()))

@@ -280,7 +280,9 @@ def mean_average_precision(
     """Mean of the per-class AP over all classes and over the head / medium / tail groups.
 
     Args:
-        scores, targets, ignore_index: as in :func:`average_precision`.
+        scores: as in :func:`average_precision`.
+        targets: as in :func:`average_precision`.
+        ignore_index: as in :func:`average_precision`.
         split: ``{"head": [...], "medium": [...], "tail": [...]}`` class indices, or a
             :class:`~dbloss.stats.LabelStats` of the training set (its ``.split``). Default None.
 

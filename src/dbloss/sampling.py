@@ -283,7 +283,10 @@ class ReversedSampler(_ClassSampler):
     Args:
         labels: (N, C) {0, 1} label matrix (tensor or array); every class needs an image.
         epoch_length: indices per epoch, all ranks together. Default N.
-        seed, num_replicas, rank, drop_last: as :class:`ClassAwareSampler`.
+        seed: as :class:`ClassAwareSampler`.
+        num_replicas: as :class:`ClassAwareSampler`.
+        rank: as :class:`ClassAwareSampler`.
+        drop_last: as :class:`ClassAwareSampler`.
 
     >>> labels = torch.tensor([[1, 0], [1, 0], [1, 0], [1, 1]])
     >>> sampler = ReversedSampler(labels, epoch_length=1000)

@@ -12,7 +12,7 @@ import numpy as np
 
 from dbloss.stats import GROUPS
 
-__all__ = ["COLUMNS", "SEED_METRICS", "format_mean_sd", "results_table", "run_cells", "seed_table"]
+__all__ = ["COLUMNS", "SEED_METRICS", "format_mean_sd", "results_table", "run_cells", "seed_cells", "seed_table"]
 
 #: The columns of both tables.
 COLUMNS: tuple[str, ...] = ("Run", "Loss", "Sampler", "mAP", "Head", "Medium", "Tail", "Micro-F1", "Macro-F1")
@@ -70,8 +70,13 @@ def format_mean_sd(mean: float, sd: float) -> str:
     return f"{100 * mean:.2f}" + ("" if not np.isfinite(sd) else f" ± {100 * sd:.2f}")
 
 
+def seed_cells(row: dict[str, Any]) -> list[str]:
+    """The cells of one seed summary's row (name, loss, sampler, then :func:`format_mean_sd` of each metric)."""
+    return [str(row["name"]), str(row["loss"]), str(row["sampler"]),
+            *(format_mean_sd(row["mean"][k], row["sd"][k]) for k in SEED_METRICS)]
+
+
 def seed_table(rows: Sequence[dict[str, Any]]) -> str:
     """A Markdown table of seed summaries (``{"name", "loss", "sampler", "mean": {...}, "sd": {...}}``
     with the keys of :data:`SEED_METRICS`, as :func:`dbloss.apps.report.seed_summary` makes): mean ± sample sd, x100."""
-    return _markdown([[str(r["name"]), str(r["loss"]), str(r["sampler"]),
-                       *(format_mean_sd(r["mean"][k], r["sd"][k]) for k in SEED_METRICS)] for r in rows])
+    return _markdown([seed_cells(r) for r in rows])

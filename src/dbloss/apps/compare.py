@@ -12,7 +12,9 @@ run whose saved configuration equals the resolved one (so an interrupted call co
 * ``ap_increment.png``: per-class AP increment of DB-Focal over RS, and
   ``ap_increment_<b>_over_<a>.png``: the paper's increment figures, each step over the previous
   (RS -> R-BCE-Focal -> DB-Focal); each for the rows that were run;
-* ``report/report.html``: the full report of the first seed's runs.
+* ``report/report.html`` (and ``report.md``): the full report, each row's mean ± sd over the seeds
+  as in ``results.md`` (the same :func:`dbloss.tables.seed_table` cells) and its per-class AP mean
+  over the seeds in the figures.
 
 ``dbloss demo`` (:func:`run_demo`) runs the ``configs/demo`` rows (``--setting scratch``:
 ``configs/demo_scratch``) and can write its table into the README; ``dbloss reproduce voc-mlt``
@@ -127,9 +129,9 @@ def _reads_features(folder: str, overrides: Sequence[str] = ()) -> bool:
 
 
 def _reusable(cfg: TrainConfig) -> dict[str, Any] | None:
-    """The finished run in ``cfg.out_dir`` if its saved configuration is ``cfg``'s, else None."""
-    metrics = Path(cfg.out_dir) / "metrics.json"
-    if not (metrics.is_file() and saved_config_matches(cfg, Path(cfg.out_dir) / "config.yaml")):
+    """The finished run in ``cfg.run.out_dir`` if its saved configuration is ``cfg``'s, else None."""
+    metrics = Path(cfg.run.out_dir) / "metrics.json"
+    if not (metrics.is_file() and saved_config_matches(cfg, Path(cfg.run.out_dir) / "config.yaml")):
         return None
     try:
         return json.loads(metrics.read_text())
@@ -144,12 +146,12 @@ def _seed_runs(configs: Sequence[TrainConfig], label: str, fit: Callable[[TrainC
     ``reused``), else ``fit(cfg)``; one line per run says which, ``doing`` what a fit does."""
     results = []
     for cfg in configs:
-        tag = f"[demo] {label} seed {cfg.seed}"
+        tag = f"[demo] {label} seed {cfg.run.seed}"
         res = reusable(cfg) if reuse else None
         if res is not None:
-            print(f"{tag}: reused {cfg.out_dir} (mAP {100 * res['mAP']['total']:.2f})", flush=True)
+            print(f"{tag}: reused {cfg.run.out_dir} (mAP {100 * res['mAP']['total']:.2f})", flush=True)
             if reused is not None:
-                reused.append(cfg.out_dir)
+                reused.append(cfg.run.out_dir)
         else:
             t0 = time.perf_counter()
             print(f"{tag}: {doing.format(cfg=cfg)}", flush=True)
@@ -166,11 +168,11 @@ def run_recipe_seeds(recipe: str, seeds: Sequence[int], out: Path, overrides: Se
     are reused, and their folders appended to ``reused``); returns each run's metrics."""
     def fit(cfg: TrainConfig) -> dict[str, Any]:
         train(cfg, progress=progress, overwrite=True)
-        return json.loads((Path(cfg.out_dir) / "metrics.json").read_text())
+        return json.loads((Path(cfg.run.out_dir) / "metrics.json").read_text())
 
-    configs = [load_config(recipe, [*overrides, f"seed={seed}", f"out_dir={out / f'seed{seed}'}"]) for seed in seeds]
+    configs = [load_config(recipe, [*overrides, f"run.seed={seed}", f"run.out_dir={out / f'seed{seed}'}"]) for seed in seeds]
     return _seed_runs(configs, label or recipe, fit,
-                      "training ({cfg.loss}, {cfg.sampler} sampling, {cfg.epochs} epochs, lr {cfg.lr:g})",
+                      "training ({cfg.loss.name}, {cfg.sampler.name} sampling, {cfg.schedule.epochs} epochs, lr {cfg.optim.lr:g})",
                       reuse=reuse, reused=reused)
 
 
@@ -226,17 +228,17 @@ def run_logreg_seeds(folder: str, seeds: Sequence[int], out: Path, overrides: Se
     from dbloss.apps.linear_baseline import C_GRID, CLASS_WEIGHTS, FEATURE_DATASETS, train_logistic_regression
 
     configs = [load_config(_recipe(folder, "_base"),
-                           [*overrides, f"name={LOGREG_ROW}", f"seed={seed}", f"out_dir={out / f'seed{seed}'}"])
+                           [*overrides, f"run.name={LOGREG_ROW}", f"run.seed={seed}", f"run.out_dir={out / f'seed{seed}'}"])
                for seed in seeds]
     for cfg in configs[:1]:
-        if cfg.dataset not in FEATURE_DATASETS:
+        if cfg.data.dataset not in FEATURE_DATASETS:
             raise ValueError(f"row {LOGREG_ROW!r} fits precomputed features, but {folder}/_base has "
-                             f"dataset={cfg.dataset!r} (expected one of {', '.join(FEATURE_DATASETS)})")
+                             f"dataset={cfg.data.dataset!r} (expected one of {', '.join(FEATURE_DATASETS)})")
 
     def reusable(cfg: TrainConfig) -> dict[str, Any] | None:  # a finished run, fitted over today's grid
         res = _reusable(cfg)
         try:
-            fit = json.loads((Path(cfg.out_dir) / "logreg.json").read_text())
+            fit = json.loads((Path(cfg.run.out_dir) / "logreg.json").read_text())
         except (OSError, ValueError):
             fit = {}
         same_grid = fit.get("c_grid") == list(C_GRID) and fit.get("class_weights") == list(CLASS_WEIGHTS)
@@ -334,7 +336,10 @@ def write_comparison(rows: Sequence[dict[str, Any]], out: str | Path, seeds: Seq
             figs[fname] = ap_increment_figure(by_row[b], by_row[a], freq, class_names, split)
     for fname, fig in figs.items():
         save_figure(fig, out / fname)
-    report = write_report([out / r["row"] / f"seed{seeds[0]}" for r in rows], out / "report")
+    # every seed of every row (the runs of this call, not older seed folders beside them): the report's
+    # rows are the same seed summaries as results.md's
+    report = write_report([[out / r["row"] / f"seed{seed}" for seed in seeds] for r in rows], out / "report",
+                          title=title)
     return {"table": table, "caption": caption, "text": text, "figures": {f: out / f for f in figs},
             "report": report.get("html")}
 
@@ -369,7 +374,7 @@ def run_demo(
     names = _resolve_rows(folder, names, f"{setting} demo")
     out = Path(out)
     t_start = time.perf_counter()
-    extra = [f"data_root={out / 'data'}", *([f"epochs={epochs}"] if epochs else []), *overrides]
+    extra = [f"data.root={out / 'data'}", *([f"schedule.epochs={epochs}"] if epochs else []), *overrides]
     reused: list[str] = []
     rows = run_comparison(folder, names, seeds, out, extra, progress=progress, reuse=reuse, reused=reused)
     seconds = time.perf_counter() - t_start
@@ -442,7 +447,7 @@ def reproduce(
         names = [n for n in (*PAPER_ROWS, *EXTRA_ROWS) if n in _available(folder)]
     names = _resolve_rows(folder, names, benchmark)
     out = Path(out or f"runs/{benchmark}")
-    extra = [*([f"data_root={out / 'data'}"] if benchmark == "demo" else []), *overrides]
+    extra = [*([f"data.root={out / 'data'}"] if benchmark == "demo" else []), *overrides]
     t_start = time.perf_counter()
     results = run_comparison(folder, names, seeds, out, extra, progress=progress, reuse=reuse)
     if int(os.environ.get("RANK", "0")) != 0:

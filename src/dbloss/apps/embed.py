@@ -61,7 +61,7 @@ from dbloss.data.images import ImageLoadError, load_image
 from dbloss.data.table import MultiLabelSet
 from dbloss.errors import UsageError
 from dbloss.files import write_json
-from dbloss.models.classifier import is_pretrained
+from dbloss.models.weights import is_pretrained
 
 __all__ = ["FeatureExtractor", "FeatureResult", "ImageInputs", "IMAGE_SUFFIXES", "build_extractor",
            "check_feature_dim", "collect_inputs", "extract_demo_features", "extract_features", "extractor_from_meta",

@@ -96,15 +96,15 @@ def export_metadata(predictor: Any, fmt: str, path: Path) -> dict[str, Any]:
         "above its threshold",
         "class_names": list(predictor.class_names),
         "thresholds": {"source": predictor.threshold_source, "values": predictor.thresholds.tolist()},
-        "dataset": cfg.dataset, "backbone": cfg.backbone,
+        "dataset": cfg.data.dataset, "backbone": cfg.model.backbone,
     }
     if predictor.input_type == "features":
         meta.update(input="features", input_shape=["batch", predictor.in_features])
         from dbloss.apps.embed import read_feature_meta
 
-        if cfg.train_ann and Path(cfg.train_ann).is_file():  # which backbone made the training features, if recorded
+        if cfg.data.train_ann and Path(cfg.data.train_ann).is_file():  # which backbone made the training features, if recorded
             with contextlib.suppress(OSError, ValueError, KeyError):
-                meta["features"] = read_feature_meta(cfg.train_ann) or None
+                meta["features"] = read_feature_meta(cfg.data.train_ann) or None
     else:
         mean, std = predictor.normalisation
         size = predictor.image_size
@@ -190,7 +190,7 @@ def export_model(
 
     Raises:
         UsageError: an unknown format, not a dbloss checkpoint (:func:`dbloss.apps.predict.read_checkpoint`),
-        the exported model's scores differ from the checkpoint's by more than ``atol``.
+            the exported model's scores differ from the checkpoint's by more than ``atol``.
         MissingDependencyError: ONNX without onnx / onnxscript installed.
 
     >>> res = export_model("runs/demo/erm", "onnx")  # doctest: +SKIP

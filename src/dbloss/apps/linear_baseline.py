@@ -309,8 +309,8 @@ def logistic_regression_scores(
 # ---------------------------------------------------------------------------------------------
 
 def _check_dataset(cfg: TrainConfig) -> None:
-    if cfg.dataset not in FEATURE_DATASETS:
-        raise UsageError(f"dataset={cfg.dataset!r} is an image dataset: the logistic-regression baseline fits "
+    if cfg.data.dataset not in FEATURE_DATASETS:
+        raise UsageError(f"data.dataset={cfg.data.dataset!r} is an image dataset: the logistic-regression baseline fits "
                          f"precomputed features (dataset one of {', '.join(FEATURE_DATASETS)}); extract them with "
                          f"`dbloss features` and train on dataset=features")
 
@@ -324,9 +324,9 @@ def _validation_record(fit: LogRegFit, cfg: TrainConfig) -> dict[str, Any]:
     from dbloss.thresholds import per_class_thresholds
 
     scores, targets = torch.from_numpy(fit.val_scores), torch.from_numpy(fit.val_targets)
-    threshold = select_threshold(scores, targets, list(cfg.threshold_search or DEFAULT_THRESHOLD_SEARCH))
+    threshold = select_threshold(scores, targets, list(cfg.eval.threshold_search or DEFAULT_THRESHOLD_SEARCH))
     f1 = f1_scores(scores, targets, threshold=threshold)
-    per_class = per_class_thresholds(scores, targets, fallback=threshold, min_positives=cfg.min_val_positives)
+    per_class = per_class_thresholds(scores, targets, fallback=threshold, min_positives=cfg.eval.min_val_positives)
     return {"micro_f1": float(f1["micro_f1"]), "macro_f1": float(f1["macro_f1"]), "mAP": _val_map(fit.val_scores,
             fit.val_targets), "threshold": threshold, "per_class_thresholds": per_class.tolist()}
 
@@ -355,7 +355,7 @@ def train_logistic_regression(cfg: TrainConfig, *, overwrite: bool = False, prog
     ``seed``), the threshold grid and the head / tail rule; its network, loss and optimiser fields
     are not read. :func:`logistic_regression_scores` chooses ``C`` and ``class_weight`` on the
     validation split and refits on all training samples; the test split is scored once. Writes
-    ``cfg.out_dir``: ``config.yaml``, ``label_stats.json`` (the training labels as the engine counts
+    ``cfg.run.out_dir``: ``config.yaml``, ``label_stats.json`` (the training labels as the engine counts
     them for the recipe, so that the head / medium / tail groups are those of the recipe's other
     rows), ``metrics.json`` / ``metrics.md`` / ``predictions.npz`` and ``logreg.json`` (the choice,
     the validation mAP of every grid point, the fit seconds). The record's ``name`` is the recipe's
@@ -363,7 +363,7 @@ def train_logistic_regression(cfg: TrainConfig, *, overwrite: bool = False, prog
 
     Args:
         cfg: the resolved recipe.
-        overwrite: replace the run that ``cfg.out_dir`` holds (without it such a folder is refused,
+        overwrite: replace the run that ``cfg.run.out_dir`` holds (without it such a folder is refused,
             as :func:`dbloss.training.engine.train` refuses it).
         progress: a progress bar over the classes.
         n_jobs: threads the classes are spread over (None: the CPUs this process may use).
@@ -372,7 +372,7 @@ def train_logistic_regression(cfg: TrainConfig, *, overwrite: bool = False, prog
         UsageError: an image dataset (the baseline needs features); a folder holding a run.
 
     >>> from dbloss.config import load_config  # doctest: +SKIP
-    >>> cfg = load_config("reuters/_base", ["name=logreg", "out_dir=runs/logreg"])  # doctest: +SKIP
+    >>> cfg = load_config("reuters/_base", ["run.name=logreg", "run.out_dir=runs/logreg"])  # doctest: +SKIP
     >>> res = train_logistic_regression(cfg)  # doctest: +SKIP
     """
     from dbloss.training.engine import _write_results, result_record
@@ -383,18 +383,18 @@ def train_logistic_regression(cfg: TrainConfig, *, overwrite: bool = False, prog
     _check_dataset(cfg)
     data = build_data(cfg)
     if data.input_type == "image":  # a future feature kind that the pipeline builds as images
-        raise UsageError(f"dataset={cfg.dataset!r} builds images: the logistic-regression baseline needs features")
-    out = Path(cfg.out_dir)
+        raise UsageError(f"dataset={cfg.data.dataset!r} builds images: the logistic-regression baseline needs features")
+    out = Path(cfg.run.out_dir)
     _open_run_dir(out, overwrite)
     save_config(cfg, out / "config.yaml")
-    stats = LabelStats.from_labels(data.train_labels, data.class_names, head_min=cfg.head_min, tail_max=cfg.tail_max)
+    stats = LabelStats.from_labels(data.train_labels, data.class_names, head_min=cfg.eval.head_min, tail_max=cfg.eval.tail_max)
     stats.save(out / "label_stats.json")
 
     val = data.val
     fit = logistic_regression_scores(
         data.train.features, data.train.targets, data.test.features,
         x_val=None if val is None else val.features, y_val=None if val is None else val.targets,
-        seed=cfg.seed, val_size=DEFAULT_VAL_FRACTION, n_jobs=n_jobs, progress=progress, class_names=data.class_names)
+        seed=cfg.run.seed, val_size=DEFAULT_VAL_FRACTION, n_jobs=n_jobs, progress=progress, class_names=data.class_names)
     val_record = _validation_record(fit, cfg)
     scores, targets = torch.from_numpy(fit.test_scores), torch.as_tensor(data.test.targets)
     res = result_record(scores, targets, stats, cfg, val_record["threshold"], val_record["per_class_thresholds"])

@@ -6,7 +6,7 @@ preprocesses images exactly as the run's evaluation did (:func:`dbloss.data.tran
 at the run's ``image_size``) and decides with the run's thresholds:
 
 * the per-class thresholds chosen on the validation split, when the run stored them;
-* else the global threshold it chose (or ``cfg.threshold``);
+* else the global threshold it chose (or ``cfg.eval.threshold``);
 * unless overridden: ``threshold=`` (one number for every class) or ``top_k=`` (the k highest).
 
 A class is predicted when its score is *above* its threshold (as :func:`dbloss.metrics.f1_scores` counts).
@@ -114,7 +114,7 @@ def _thresholds(ckpt: dict[str, Any], cfg: TrainConfig, num_classes: int) -> tup
         return t, "per-class"
     if stored.get("global") is not None:
         return torch.full((num_classes,), float(stored["global"])), "global"
-    return torch.full((num_classes,), float(cfg.threshold)), "config"
+    return torch.full((num_classes,), float(cfg.eval.threshold)), "config"
 
 
 def _normalisation(transform: Any) -> tuple[list[float], list[float]]:
@@ -198,9 +198,9 @@ class Predictor:
         if self.input_type == "image":
             if extractor is not None:
                 raise UsageError("an image model takes images itself: a backbone is only for feature models")
-            self.transform = eval_transform(config.image_size)  # exactly the run's evaluation preprocessing
-            self.image_size: int | None = int(config.image_size)
-            if self.device.type == "cuda" and config.channels_last:  # as the run evaluated on CUDA
+            self.transform = eval_transform(config.data.image_size)  # exactly the run's evaluation preprocessing
+            self.image_size: int | None = int(config.data.image_size)
+            if self.device.type == "cuda" and config.run.channels_last:  # as the run evaluated on CUDA
                 self.model = self.model.to(memory_format=torch.channels_last)
         elif self.extractor is not None:
             dim = int(getattr(self.extractor, "dim"))
@@ -232,9 +232,9 @@ class Predictor:
             data_root: where ``demo-source`` weights are cached (default ``demo_data``).
 
         Raises:
-            FileNotFoundError: no such file or run folder. UsageError: not a dbloss checkpoint (a
-            weights file, another program's file), a backbone for an image model, a backbone whose
-            features do not fit the head (both dimensions named).
+            FileNotFoundError: no such file or run folder.
+            UsageError: not a dbloss checkpoint (a weights file, another program's file), a backbone
+                for an image model, a backbone whose features do not fit the head (both dimensions named).
         """
         from dbloss.training.engine import model_from_checkpoint
 
@@ -341,7 +341,7 @@ class Predictor:
         x = batch.to(self.device)
         if self.extractor is not None and x.ndim == 4:
             x = self.extractor(x)
-        if x.ndim == 4 and self.device.type == "cuda" and self.config.channels_last:
+        if x.ndim == 4 and self.device.type == "cuda" and self.config.run.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return torch.sigmoid(self.model(x).float()).cpu()
 
@@ -385,18 +385,18 @@ def _feature_extractor(cfg: TrainConfig, backbone: str, weights: str | None, ima
     features record another backbone."""
     from dbloss.apps.embed import build_extractor, read_feature_meta
 
-    if cfg.dataset not in ("features", "reuters"):
-        raise UsageError(f"--backbone {backbone}: this is an image model (dataset={cfg.dataset}, backbone "
-                         f"{cfg.backbone}); it takes images itself, a backbone is only for feature models")
+    if cfg.data.dataset not in ("features", "reuters"):
+        raise UsageError(f"--backbone {backbone}: this is an image model (dataset={cfg.data.dataset}, backbone "
+                         f"{cfg.model.backbone}); it takes images itself, a backbone is only for feature models")
     meta: dict[str, Any] = {}
-    if cfg.train_ann and Path(cfg.train_ann).is_file():
+    if cfg.data.train_ann and Path(cfg.data.train_ann).is_file():
         try:
-            meta = read_feature_meta(cfg.train_ann)
+            meta = read_feature_meta(cfg.data.train_ann)
         except (OSError, ValueError, KeyError):  # a foreign or moved file: nothing recorded to compare with
             meta = {}
     if meta.get("backbone") and meta["backbone"] != backbone:
         log.warning("the model's training features (%s) come from backbone %s, but images are embedded with %s",
-                    cfg.train_ann, meta["backbone"], backbone)
+                    cfg.data.train_ann, meta["backbone"], backbone)
     if image_size is None and meta.get("backbone") == backbone:
         image_size = meta.get("image_size")
     return build_extractor(backbone, weights, image_size=image_size, data_root=data_root)
@@ -584,7 +584,8 @@ def predict_inputs(
             features (``features`` (N, D), as :func:`~dbloss.data.features.load_feature_file`
             reads; ids and paths from the file's ``ids`` / ``paths`` when it has them) for
             feature models. Images and features are not mixed in one call.
-        threshold, top_k: override the run's thresholds (:meth:`Predictor.decide`).
+        threshold: overrides the run's thresholds (:meth:`Predictor.decide`).
+        top_k: overrides the run's thresholds (:meth:`Predictor.decide`).
         batch_size: inputs per forward pass. Default 64.
         skip_bad: leave unreadable images out (logged, listed in ``skipped``) instead of raising.
         workers: ``DataLoader`` processes that read images. Default 0.
@@ -610,7 +611,7 @@ def predict_inputs(
         from dbloss.apps.embed import check_feature_dim
 
         if predictor.input_type != "features":
-            raise UsageError(f"{predictor.checkpoint} is an image model ({predictor.config.backbone}): it takes "
+            raise UsageError(f"{predictor.checkpoint} is an image model ({predictor.config.model.backbone}): it takes "
                              f"images, not .npz features")
         for path, block in zip(data.feature_files, data.features):
             if block.shape[1] != predictor.in_features:  # the error, naming both dimensions and the file's backbone

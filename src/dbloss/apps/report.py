@@ -1,8 +1,12 @@
 """Markdown and self-contained HTML reports of training runs.
 
 A run is a folder written by ``dbloss train`` (see ``docs/DESIGN.md``); the report reads its
-``metrics.json`` (and ``label_stats.json`` for the head / tail thresholds when present) and
-writes, into an output folder::
+``metrics.json`` (and ``label_stats.json`` for the head / tail thresholds when present). A row of
+the report is one run, or one recipe over several seeds (a list of run folders, or a folder whose
+``seed<k>/`` subfolders are the runs, as ``dbloss demo`` / ``reproduce`` lay them out): its
+metrics are then the mean ± sample standard deviation over the seeds and its per-class AP the
+mean, exactly as in their ``results.md`` (:func:`seed_summary`, :func:`dbloss.tables.seed_table`).
+The report writes, into an output folder::
 
     report.md                 results table + figures (PNG files beside it)
     report.html               the same, one file: figures as base64 data URIs, inline CSS, no JS
@@ -11,7 +15,8 @@ writes, into an output folder::
     ap_increment.png          per-class AP increment of one run over a baseline (if both exist)
 
 Metric values are fractions in the JSON files and are shown x100. Typical use (what
-``dbloss report RUN_DIR... --out DIR`` calls): ``write_report(["runs/rs", "runs/db-focal"], "report")``.
+``dbloss report RUN_DIR... --out DIR`` calls): ``write_report(["runs/rs", "runs/db-focal"], "report")``;
+over seeds: ``write_report([["runs/rs/seed0", "runs/rs/seed1"], "runs/demo/db_focal"], "report")``.
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ import numpy as np
 from dbloss.files import write_text
 from dbloss.apps.plots import ap_increment_figure, class_distribution_figure, per_class_ap_figure, save_figure
 from dbloss.stats import DEFAULT_HEAD_MIN, DEFAULT_TAIL_MAX, GROUPS, LabelStats, class_split
-from dbloss.tables import COLUMNS, SEED_METRICS, format_mean_sd, results_table, run_cells, seed_table
+from dbloss.tables import COLUMNS, SEED_METRICS, format_mean_sd, results_table, seed_cells, seed_table
 
-__all__ = ["load_runs", "results_table", "format_mean_sd", "seed_summary", "seed_table", "select_increment_pair", "write_report"]
+__all__ = ["load_rows", "load_runs", "results_table", "format_mean_sd", "seed_summary", "seed_table",
+           "select_increment_pair", "write_report"]
 
 _REQUIRED = ("name", "loss", "sampler", "mAP")
 
@@ -123,11 +129,64 @@ def seed_summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "seeds": [r.get("seed") for r in runs], "mean": mean, "sd": sd, "per_class_ap": per_class}
 
 
-def _html_table(runs: Sequence[dict[str, Any]]) -> str:
+def _seed_dirs(folder: Path) -> list[Path]:
+    """The ``seed<k>/`` subfolders of ``folder`` that hold a ``metrics.json``, by seed."""
+    found = [(int(m.group(1)), p) for p in folder.glob("seed*")
+             if (m := re.fullmatch(r"seed(\d+)", p.name)) and (p / "metrics.json").is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def load_rows(items: Sequence[str | Path | Sequence[str | Path]]) -> list[dict[str, Any]]:
+    """The rows of a report: one :func:`seed_summary` per item, with the fields the report needs.
+
+    An item is a run folder (a row of one run), a list of run folders (one recipe's seeds), or a
+    folder without ``metrics.json`` whose ``seed<k>/`` subfolders hold the runs (``OUT/<row>`` of
+    ``dbloss demo`` / ``reproduce``). Each row is the summary (``"mean"``, ``"sd"``, ``"per_class_ap"``:
+    the mean over seeds, None if a run has none) plus ``"runs"`` (:func:`load_runs` of its folders),
+    ``"run_dirs"``, ``"run_dir"`` (the item's folder; a list's first run) and, from its first run,
+    ``"class_names"``, ``"train_class_freq"``, ``"split"``, ``"dataset"``, ``"head_min"``, ``"tail_max"``.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`load_runs`; also a row whose runs have different
+            names or classes (seeds of one recipe share both).
+    """
+    if isinstance(items, (str, Path)):
+        items = [items]
+    if not items:
+        raise ValueError("Expected at least one run folder, but got none")
+    rows = []
+    for item in items:
+        if isinstance(item, (str, Path)):
+            folder = Path(item)
+            seeds = [] if (folder / "metrics.json").is_file() else _seed_dirs(folder)
+            dirs, row_dir = (seeds or [folder]), str(folder)
+        else:
+            dirs = [Path(d) for d in item]
+            if not dirs:
+                raise ValueError("Expected each row to have at least one run folder, but got an empty list")
+            row_dir = str(dirs[0])
+        runs = load_runs(dirs)
+        first = runs[0]
+        for key in ("name", "class_names"):
+            if any(r.get(key) != first.get(key) for r in runs):
+                raise ValueError(f"Expected the runs of one row to share `{key}`, but {row_dir} has "
+                                 f"{[r.get(key) for r in runs]} ({', '.join(r['run_dir'] for r in runs)})")
+        with_ap = all(r.get("per_class_ap") is not None for r in runs)
+        summary = seed_summary(runs if with_ap else [{k: v for k, v in r.items() if k != "per_class_ap"}
+                                                      for r in runs])
+        row = {key: first[key] for key in ("class_names", "train_class_freq", "split", "dataset", "head_min",
+                                           "tail_max") if key in first}
+        row.update(summary, per_class_ap=summary["per_class_ap"] if with_ap else None, runs=runs,
+                   run_dirs=[r["run_dir"] for r in runs], run_dir=row_dir)
+        rows.append(row)
+    return rows
+
+
+def _html_table(rows: Sequence[dict[str, Any]]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
     body = []
-    for r in runs:
-        cells = run_cells(r)
+    for r in rows:
+        cells = seed_cells(r)  # the cells of seed_table: the report's two tables cannot disagree
         tds = "".join(f"<td>{html.escape(c)}</td>" for c in cells[:3]) + "".join(f'<td class="num">{c}</td>' for c in cells[3:])
         body.append(f"<tr>{tds}</tr>")
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>"
@@ -145,7 +204,8 @@ def _is_rs(run: dict[str, Any]) -> int:
 
 def _find(runs: Sequence[dict[str, Any]], key: str, what: str) -> dict[str, Any]:
     for r in runs:
-        if key in (r.get("name"), r.get("run_dir")) or (r.get("run_dir") and Path(r["run_dir"]).name == key):
+        if key in (r.get("name"), r.get("run_dir"), *r.get("run_dirs", ())) or (
+                r.get("run_dir") and Path(r["run_dir"]).name == key):
             return r
     raise ValueError(f"Expected `{what}` to be the name or folder of one of the runs {[r.get('name') for r in runs]}, but got {key!r}")
 
@@ -173,6 +233,13 @@ def select_increment_pair(
     if base_run is cmp_run:
         return f"baseline and compare are the same run ({cmp_run.get('name')!r})"
     return cmp_run, base_run
+
+
+def _seeds_text(row: dict[str, Any]) -> str:
+    """``"seeds 0, 1, 2: "`` before the folders of a row of several runs, else nothing."""
+    if len(row["runs"]) < 2:
+        return ""
+    return "seeds " + ", ".join("?" if s is None else str(s) for s in row["seeds"]) + ": "
 
 
 def _class_info(run: dict[str, Any]) -> tuple[list[str], np.ndarray, dict[str, list[int]], int, int] | None:
@@ -204,7 +271,7 @@ code{background:#f4f4f4;padding:0 .25em}
 
 
 def write_report(
-    run_dirs: Sequence[str | Path],
+    run_dirs: Sequence[str | Path | Sequence[str | Path]],
     out_dir: str | Path,
     *,
     baseline: str | None = None,
@@ -214,9 +281,12 @@ def write_report(
     """Write ``report.md``, ``report.html`` and the figure PNGs of the runs into ``out_dir``.
 
     Args:
-        run_dirs: run folders (each with ``metrics.json``).
+        run_dirs: the rows: run folders (each with ``metrics.json``), lists of run folders (one
+            recipe's seeds) or folders of ``seed<k>/`` runs, as :func:`load_rows` reads them. A row of
+            several seeds shows mean ± sample sd over them, as ``results.md`` of ``dbloss demo`` does,
+            and its mean per-class AP in the figures.
         out_dir: output folder (created).
-        baseline, compare: run names or folders for the AP-increment figure (``compare`` over
+        baseline, compare: row names or folders for the AP-increment figure (``compare`` over
             ``baseline``); defaults as in :func:`select_increment_pair`. If no pair is found the
             figure is skipped and the report says why.
         title: the report heading.
@@ -225,7 +295,9 @@ def write_report(
         ``{"markdown": ..., "html": ..., "class_distribution": ..., "per_class_ap": ...,
         "ap_increment": ...}``, the paths written (figure keys only for figures made).
     """
-    runs = load_runs(run_dirs)
+    runs = load_rows(run_dirs)  # one per row; a row of one run keeps that run's values (sd: none)
+    seeded = any(len(r["runs"]) > 1 for r in runs)
+    over = " (mean over its seeds)" if seeded else ""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
@@ -245,7 +317,7 @@ def write_report(
                         f"(head: n \u2265 {head_min}, tail: n < {tail_max}).", save_figure(fig, out / "class_distribution.png")))
         if same:
             fig = per_class_ap_figure(same, freq, names, split)
-            figures.append(("per_class_ap", "Per-class AP (x100) of every run, classes sorted by training frequency; "
+            figures.append(("per_class_ap", f"Per-class AP (x100) of every run{over}, classes sorted by training frequency; "
                             "grey bars: training images per class (log scale).", save_figure(fig, out / "per_class_ap.png")))
             pair = select_increment_pair(same, baseline, compare) if len(same) > 1 or baseline or compare else \
                 "only one run; the AP-increment figure needs two"
@@ -254,12 +326,15 @@ def write_report(
             else:
                 cmp_run, base_run = pair
                 fig = ap_increment_figure(cmp_run, base_run, freq, names, split)
-                figures.append(("ap_increment", f"Per-class AP increment of {cmp_run['name']} over {base_run['name']}.",
+                figures.append(("ap_increment", f"Per-class AP increment of {cmp_run['name']} over {base_run['name']}"
+                                f"{' (means over seeds)' if seeded else ''}.",
                                 save_figure(fig, out / "ap_increment.png")))
 
-    table = results_table(runs)
-    md = [f"# {title}", "", "All values are percentages (x100).", "", table, ""]
-    md += [f"- `{r['name']}`: `{r['run_dir']}`" for r in runs] + [""]
+    table = seed_table(runs)  # one run: its values, as results_table shows them
+    values = "All values are percentages (x100)" + (
+        "; a row of several seeds: mean ± sample standard deviation over the seeds." if seeded else ".")
+    md = [f"# {title}", "", values, "", table, ""]
+    md += [f"- `{r['name']}`: {_seeds_text(r)}" + ", ".join(f"`{d}`" for d in r["run_dirs"]) for r in runs] + [""]
     for _, caption, path in figures:
         md += [f"![{caption}]({path.name})", "", f"*{caption}*", ""]
     md += [f"> Note: {n}" for n in notes]
@@ -269,8 +344,9 @@ def write_report(
     parts = [
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
         f"<title>{html.escape(title)}</title>", f"<style>\n{_CSS}\n</style>", "</head>", "<body>",
-        f"<h1>{html.escape(title)}</h1>", "<p>All values are percentages (x100).</p>", _html_table(runs),
-        "<ul>" + "".join(f"<li><code>{html.escape(str(r['name']))}</code>: <code>{html.escape(r['run_dir'])}</code></li>"
+        f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(values)}</p>", _html_table(runs),
+        "<ul>" + "".join(f"<li><code>{html.escape(str(r['name']))}</code>: {html.escape(_seeds_text(r))}"
+                         + ", ".join(f"<code>{html.escape(d)}</code>" for d in r["run_dirs"]) + "</li>"
                          for r in runs) + "</ul>",
     ]
     for n in notes:

@@ -25,6 +25,29 @@ from dbloss.errors import TrainingFailedError, UsageError
 __all__ = ["main", "get_args_parser"]
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """A sub-command's parser whose positionals (``key=value`` overrides, inputs) may come before, between or
+    after its options: ``dbloss train RECIPE --out DIR epochs=2`` as well as ``dbloss train RECIPE epochs=2 --out
+    DIR``.
+
+    ``parse_intermixed_args`` refuses parsers that have sub-commands, so the top-level parser (and ``dbloss
+    data``) parse as usual and hand the rest to this class, the ``parser_class`` of their sub-commands: each
+    sub-command parses its own strings intermixed. Unknown options are still returned as extras, which the
+    top-level ``parse_args`` reports (exit 2).
+    """
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self._subparsers is not None or self._intermixing:  # a parser of sub-commands, or the two passes below
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True  # parse_known_intermixed_args calls parse_known_args twice: options, positionals
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from dbloss.config import load_config
     from dbloss.training.engine import train
@@ -33,9 +56,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     cfg = load_config(args.recipe, overrides)
     if args.out:
-        cfg.out_dir = args.out
-    elif not any(o.startswith("out_dir=") for o in overrides) and cfg.out_dir == "runs/run":
-        cfg.out_dir = str(Path("runs") / Path(str(args.recipe)).with_suffix("").as_posix().replace("/", "_"))
+        cfg.run.out_dir = args.out
+    elif not any(o.startswith(("out_dir=", "run.out_dir=")) for o in overrides) and cfg.run.out_dir == "runs/run":
+        cfg.run.out_dir = str(Path("runs") / Path(str(args.recipe)).with_suffix("").as_posix().replace("/", "_"))
     if args.print_config:  # what the run would save as config.yaml: the recipe over its bases, then the overrides
         print(cfg.to_yaml(), end="")
         return 0
@@ -43,7 +66,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     res = train(cfg, resume=resume, overwrite=args.overwrite, progress=not args.no_progress)
     if res is not None:
         print(results_table([res]))
-        print(f"results: {Path(cfg.out_dir) / 'metrics.json'}")
+        print(f"results: {Path(cfg.run.out_dir) / 'metrics.json'}")
     return 0
 
 
@@ -72,15 +95,15 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     cfg = load_config(args.recipe, overrides)
     if not any(o.startswith("name=") for o in overrides):
-        cfg.name = "logreg"  # the row's name in tables, as in comparisons
+        cfg.run.name = "logreg"  # the row's name in tables, as in comparisons
     if args.out:
-        cfg.out_dir = args.out
-    elif not any(o.startswith("out_dir=") for o in overrides) and cfg.out_dir == "runs/run":
-        cfg.out_dir = str(Path("runs") / (Path(str(args.recipe)).with_suffix("").as_posix().replace("/", "_")
+        cfg.run.out_dir = args.out
+    elif not any(o.startswith(("out_dir=", "run.out_dir=")) for o in overrides) and cfg.run.out_dir == "runs/run":
+        cfg.run.out_dir = str(Path("runs") / (Path(str(args.recipe)).with_suffix("").as_posix().replace("/", "_")
                                           + "_logreg"))
     res = train_logistic_regression(cfg, overwrite=args.overwrite, progress=not args.no_progress)
     print(results_table([res]))
-    print(f"results: {Path(cfg.out_dir) / 'metrics.json'} (choice: {Path(cfg.out_dir) / 'logreg.json'})")
+    print(f"results: {Path(cfg.run.out_dir) / 'metrics.json'} (choice: {Path(cfg.run.out_dir) / 'logreg.json'})")
     return 0
 
 
@@ -174,10 +197,10 @@ def _cmd_data(args: argparse.Namespace) -> int:
         path = fetch_published_subset(args.name, args.dest, source=args.source)
         print(f"{path}: {len(load_id_list(path))} ids (checksum verified)")
     elif args.data_cmd == "download":
-        from dbloss.data.download import download_dataset
+        from dbloss.data.published import download_with_subset
 
-        root = download_dataset(args.name, args.dest, mirror=args.mirror, keep_archives=args.keep_archives,
-                                subset=not args.no_subset, progress=not args.no_progress)
+        root = download_with_subset(args.name, args.dest, mirror=args.mirror, keep_archives=args.keep_archives,
+                                    subset=not args.no_subset, progress=not args.no_progress)
         print(f"{args.name}: ready under {root}")
     elif args.data_cmd == "make-demo":
         from dbloss.data.synthetic import generate_demo_dataset
@@ -254,7 +277,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dbloss", description="Distribution-Balanced loss for long-tailed multi-label "
                                 "classification: train, evaluate, report.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
+    # each sub-command parses its positionals (overrides, inputs) intermixed with its options
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_IntermixedParser)
 
     t = sub.add_parser("train", help="train and evaluate a recipe")
     t.add_argument("recipe", help="a recipe YAML file or a shipped recipe name (see `dbloss recipes`)")
@@ -355,7 +379,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     pt.set_defaults(func=_cmd_pretrain)
 
     r = sub.add_parser("report", help="gather finished runs into a Markdown + HTML report")
-    r.add_argument("runs", nargs="+", help="run directories (each with metrics.json)")
+    r.add_argument("runs", nargs="+", help="run directories (each with metrics.json), or a row's folder whose "
+                   "seed<k>/ runs it shows as mean ± sd over the seeds (e.g. runs/demo/rs)")
     r.add_argument("--out", required=True)
     r.add_argument("--baseline", help="run name the increment figure compares against (default: rs)")
     r.add_argument("--compare", help="run name whose increment is shown (default: the db-focal run)")

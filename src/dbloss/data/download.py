@@ -1,9 +1,10 @@
 """Download and unpack the paper's image data sets: VOC 2007, VOC 2012 and COCO 2017.
 
-``download_dataset("voc2012", "data")`` leaves ``data/VOCdevkit/VOC2012/`` and the published
-VOC-MLT id list ``data/published/voc_mlt_img_id.txt``: the layout the shipped recipes read
-(``data_root: data/VOCdevkit``, ``subset: data/published/...``). COCO 2017 goes to
-``data/coco/{train2017,val2017,annotations}`` with the COCO-MLT list.
+``download_dataset("voc2012", "data")`` leaves ``data/VOCdevkit/VOC2012/``: the layout the shipped
+recipes read (``data_root: data/VOCdevkit``). COCO 2017 goes to ``data/coco/{train2017,val2017,annotations}``.
+This module is the generic downloader and knows no long-tailed subset: the published VOC-MLT /
+COCO-MLT id lists (``subset: data/published/...``) are fetched with their images by
+:func:`dbloss.data.published.download_with_subset`, what ``dbloss data download`` calls.
 
 Each archive is
 
@@ -20,7 +21,7 @@ Each archive is
   are all marked does nothing (no network).
 
 A mirror serves every file under its own name: ``--mirror https://host/path`` fetches
-``https://host/path/VOCtrainval_11-May-2012.tar`` (and the id lists by their names).
+``https://host/path/VOCtrainval_11-May-2012.tar`` (:func:`mirror_url`; the id lists by their names too).
 
 Checksums and where they come from: the VOC values are those of torchvision
 (``torchvision/datasets/voc.py``, ``DATASET_YEAR_DICT``); the COCO site publishes none, so the
@@ -59,6 +60,8 @@ __all__ = [
     "download_dataset",
     "download_file",
     "md5sum",
+    "mirror_url",
+    "resolve_mirror",
     "safe_extract",
 ]
 
@@ -93,11 +96,11 @@ class Archive:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A data set: its archives, the published subset fetched with it, and the ``data_root`` it yields."""
+    """A data set: its archives and the ``data_root`` it yields (the published id list that goes with it:
+    :data:`dbloss.data.published.DATASET_SUBSETS`)."""
 
     archives: tuple[Archive, ...]
     data_root: str
-    subset: str | None = None
     description: str = ""
 
 
@@ -122,7 +125,6 @@ DATASETS: dict[str, DatasetSpec] = {
                     "6cd6e144f989b92b3379bac3b3de84fd"),
         ),
         data_root="VOCdevkit",
-        subset="voc-mlt",
         description="VOC 2012 trainval (VOC-MLT's training images) and the VOC-MLT id list; 2 GB",
     ),
     "coco2017": DatasetSpec(
@@ -133,7 +135,6 @@ DATASETS: dict[str, DatasetSpec] = {
             Archive("train2017.zip", _COCO + "zips/train2017.zip", "cced6f7f71b7629ddf16f17bbcfab6b2", "coco"),
         ),
         data_root="coco",
-        subset="coco-mlt",
         description="COCO 2017 train + val images and annotations and the COCO-MLT id list; 19 GB",
     ),
 }
@@ -334,8 +335,18 @@ def _marker(dest: Path, archive: Archive) -> Path:
     return dest / ".dbloss" / f"{archive.filename}.done"
 
 
-def _url(archive: Archive, mirror: str | None) -> str:
-    return archive.url if not mirror else mirror.rstrip("/") + "/" + archive.filename
+def mirror_url(filename: str, url: str, mirror: str | None) -> str:
+    """Where to fetch ``filename``: its official ``url``, or ``MIRROR/filename`` when a ``mirror`` is given.
+
+    >>> mirror_url("a.tar", "https://host/x/a.tar", None), mirror_url("a.tar", "https://host/x/a.tar", "http://m/")
+    ('https://host/x/a.tar', 'http://m/a.tar')
+    """
+    return url if not mirror else mirror.rstrip("/") + "/" + filename
+
+
+def resolve_mirror(mirror: str | None) -> str | None:
+    """The mirror to use: ``mirror`` when given, else ``$DBLOSS_MIRROR`` (:data:`MIRROR_ENV`) when set, else None."""
+    return mirror if mirror is not None else (os.environ.get(MIRROR_ENV) or None)
 
 
 def download_archive(
@@ -363,7 +374,7 @@ def download_archive(
         return False
     path = dest / archive.filename
     if not path.exists():
-        url = _url(archive, mirror)
+        url = mirror_url(archive.filename, archive.url, mirror)
         log.info("downloading %s from %s", archive.filename, url)
         download_file(url, path, progress=progress, **download_kwargs)
     got = md5sum(path)
@@ -388,7 +399,6 @@ def download_dataset(
     *,
     mirror: str | None = None,
     keep_archives: bool = False,
-    subset: bool = True,
     progress: bool = True,
     archives: Sequence[Archive] | None = None,
     **download_kwargs: float,
@@ -402,31 +412,22 @@ def download_dataset(
         mirror: a URL prefix serving the same file names (default ``$DBLOSS_MIRROR``, else the
             official hosts).
         keep_archives: keep the archives after extraction (default: delete them).
-        subset: also fetch and verify the published long-tailed id list (VOC-MLT with voc2012,
-            COCO-MLT with coco2017) into ``dest/published``.
         archives: replaces the spec's archives (for tests and private copies).
 
-    A second call with everything in place does nothing.
+    The images and annotations only: :func:`dbloss.data.published.download_with_subset` adds the
+    published id lists. A second call with everything in place does nothing.
     """
     if name in BENCHMARK_DATA and archives is None:
-        roots = [download_dataset(part, dest, mirror=mirror, keep_archives=keep_archives, subset=subset,
-                                  progress=progress, **download_kwargs) for part in BENCHMARK_DATA[name]]
+        roots = [download_dataset(part, dest, mirror=mirror, keep_archives=keep_archives, progress=progress,
+                                  **download_kwargs) for part in BENCHMARK_DATA[name]]
         return roots[0]
     if name not in DATASETS:
         raise ValueError(f"Expected a data set among {sorted(DATASETS)} or a benchmark among "
                          f"{sorted(BENCHMARK_DATA)}, but got {name!r}")
     spec = DATASETS[name]
     dest = Path(dest)
-    mirror = mirror if mirror is not None else (os.environ.get(MIRROR_ENV) or None)
+    mirror = resolve_mirror(mirror)
     for archive in archives if archives is not None else spec.archives:
         download_archive(archive, dest, mirror=mirror, keep_archive=keep_archives, progress=progress,
                          **download_kwargs)
-    if subset and spec.subset is not None:
-        from dbloss.data.published import PUBLISHED_SUBSETS, fetch_published_subset
-
-        sub = PUBLISHED_SUBSETS[spec.subset]
-        listed = dest / "published" / sub.filename
-        if not listed.exists():
-            url = _url(Archive(sub.filename, sub.url, ""), mirror)
-            fetch_published_subset(spec.subset, dest / "published", url=url)
     return dest / spec.data_root

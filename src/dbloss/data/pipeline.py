@@ -1,4 +1,4 @@
-"""From a recipe's data fields to datasets: the one place that maps ``cfg.dataset`` to readers.
+"""From a recipe's data fields to datasets: the one place that maps ``cfg.data.dataset`` to readers.
 
 :func:`build_data` returns the train / (optional) validation / test ``Dataset``s, the training
 label matrix (for the label statistics, the losses and the class-aware sampler) and, for
@@ -49,14 +49,14 @@ class DataBundle:
 
 def demo_root(cfg: TrainConfig) -> Path:
     """Where a ``dataset=demo`` recipe's images are (``data_root``, default ``demo_data``)."""
-    return Path(cfg.data_root or "demo_data")
+    return Path(cfg.data.root or "demo_data")
 
 
 def prepare_data(cfg: TrainConfig) -> None:
     """The one step that writes data: generate what a recipe reads but no one downloads (the
     built-in demo dataset, once: later calls reuse it). Entry points call it before
     :func:`build_data` (on one rank); building datasets only reads."""
-    if cfg.dataset == "demo":
+    if cfg.data.dataset == "demo":
         from dbloss.data.synthetic import generate_demo_dataset
 
         generate_demo_dataset(demo_root(cfg), seed=0)
@@ -66,13 +66,13 @@ def read_tables(cfg: TrainConfig) -> tuple[MultiLabelSet, MultiLabelSet]:
     """The (train, test) label tables of an image dataset recipe (``subset`` applied to train)."""
     from dbloss.data import coco, custom, published, voc
 
-    kind = cfg.dataset
-    root = Path(cfg.data_root) if cfg.data_root else None
+    kind = cfg.data.dataset
+    root = Path(cfg.data.root) if cfg.data.root else None
     if kind in ("voc", "coco") and root is None:
-        raise ValueError(f"dataset={kind!r} needs `data_root`")
+        raise ValueError(f"data.dataset={kind!r} needs `data.root`")
     if kind == "voc":
-        train = voc.read_voc(root, "2012", "trainval", use_difficult=cfg.use_difficult)
-        test = voc.read_voc(root, "2007", "test", use_difficult=cfg.use_difficult)
+        train = voc.read_voc(root, "2012", "trainval", use_difficult=cfg.data.use_difficult)
+        test = voc.read_voc(root, "2007", "test", use_difficult=cfg.data.use_difficult)
     elif kind == "coco":
         train = coco.read_coco(root / "annotations" / "instances_train2017.json", root / "train2017")
         test = coco.read_coco(root / "annotations" / "instances_val2017.json", root / "val2017")
@@ -85,22 +85,22 @@ def read_tables(cfg: TrainConfig) -> tuple[MultiLabelSet, MultiLabelSet]:
     elif kind in ("coco-json", "csv"):
         for f in ("train_ann", "test_ann"):
             if not getattr(cfg, f):
-                raise ValueError(f"dataset={kind!r} needs `{f}`")
+                raise ValueError(f"data.dataset={kind!r} needs `data.{f}`")
         if kind == "coco-json":
-            train = coco.read_coco(cfg.train_ann, cfg.train_images or Path(cfg.train_ann).parent)
-            test = coco.read_coco(cfg.test_ann, cfg.test_images or Path(cfg.test_ann).parent)
+            train = coco.read_coco(cfg.data.train_ann, cfg.data.train_images or Path(cfg.data.train_ann).parent)
+            test = coco.read_coco(cfg.data.test_ann, cfg.data.test_images or Path(cfg.data.test_ann).parent)
         else:
-            train = custom.read_csv(cfg.train_ann, cfg.train_images)
-            test = custom.read_csv(cfg.test_ann, cfg.test_images)
+            train = custom.read_csv(cfg.data.train_ann, cfg.data.train_images)
+            test = custom.read_csv(cfg.data.test_ann, cfg.data.test_images)
     else:
-        raise ValueError(f"dataset={kind!r} is not an image dataset")
-    if cfg.subset:
-        ids = published.load_id_list(cfg.subset)
+        raise ValueError(f"data.dataset={kind!r} is not an image dataset")
+    if cfg.data.subset:
+        ids = published.load_id_list(cfg.data.subset)
         try:
             train = train.select_ids(ids)
         except KeyError as e:  # select_ids' documented error: ids of the list that the data lacks
-            raise UsageError(f"subset {cfg.subset}: {e.args[0]}") from None
-        log.info("training subset %s: %d images", cfg.subset, len(train))
+            raise UsageError(f"subset {cfg.data.subset}: {e.args[0]}") from None
+        log.info("training subset %s: %d images", cfg.data.subset, len(train))
     if train.class_names != test.class_names:
         raise ValueError(f"train and test class names differ: {train.class_names} vs {test.class_names}")
     for table, split in ((train, "train"), (test, "test")):
@@ -131,24 +131,24 @@ def _holdout(n: int, val_size: int | float, seed: int) -> tuple[np.ndarray, np.n
 
 def build_data(cfg: TrainConfig) -> DataBundle:
     """Build the datasets of a recipe."""
-    if cfg.dataset == "reuters":
+    if cfg.data.dataset == "reuters":
         return _build_reuters(cfg)
-    if cfg.dataset == "features":
+    if cfg.data.dataset == "features":
         return _build_features(cfg)
-    if cfg.dataset == "text-csv":
+    if cfg.data.dataset == "text-csv":
         return _build_text_csv(cfg)
     from dbloss.data.images import MultiLabelImageDataset
     from dbloss.data.transforms import eval_transform, train_transform
 
     train, test = read_tables(cfg)
     val = None
-    if cfg.val_size:
-        tr_idx, va_idx = _holdout(len(train), cfg.val_size, cfg.seed)
+    if cfg.data.val_size:
+        tr_idx, va_idx = _holdout(len(train), cfg.data.val_size, cfg.run.seed)
         train, val = train.subset(tr_idx), train.subset(va_idx)
-    t_train = (train_transform(cfg.image_size, photometric=cfg.photometric) if cfg.augment
-               else eval_transform(cfg.image_size))
-    t_eval = eval_transform(cfg.image_size)
-    make = lambda table, t: MultiLabelImageDataset(table, t, skip_corrupt=cfg.skip_corrupt)  # noqa: E731
+    t_train = (train_transform(cfg.data.image_size, photometric=cfg.data.photometric) if cfg.data.augment
+               else eval_transform(cfg.data.image_size))
+    t_eval = eval_transform(cfg.data.image_size)
+    make = lambda table, t: MultiLabelImageDataset(table, t, skip_corrupt=cfg.data.skip_corrupt)  # noqa: E731
     return DataBundle(
         train=make(train, t_train), test=make(test, t_eval), val=None if val is None else make(val, t_eval),
         train_labels=train.labels, class_names=list(train.class_names), in_features=None,
@@ -163,17 +163,17 @@ def eval_view(ds: Dataset, cfg: TrainConfig) -> Dataset:
     from dbloss.data.transforms import eval_transform
 
     view = copy.copy(ds)
-    view.transform = eval_transform(cfg.image_size)
+    view.transform = eval_transform(cfg.data.image_size)
     return view
 
 
 def _build_features(cfg: TrainConfig) -> DataBundle:
     """``dataset=features``: :func:`~dbloss.data.features.load_feature_file` on ``train_ann`` / ``test_ann``
     (dense, or sparse kept sparse), labels from ``train_labels`` / ``test_labels`` when set."""
-    if not cfg.train_ann or not cfg.test_ann:
-        raise ValueError("dataset='features' needs `train_ann` and `test_ann` (.npz feature files)")
-    xtr, ytr, names = load_feature_file(cfg.train_ann, cfg.train_labels, labels_field="train_labels")
-    xte, yte, names_te = load_feature_file(cfg.test_ann, cfg.test_labels, labels_field="test_labels")
+    if not cfg.data.train_ann or not cfg.data.test_ann:
+        raise ValueError("data.dataset='features' needs `data.train_ann` and `data.test_ann` (.npz feature files)")
+    xtr, ytr, names = load_feature_file(cfg.data.train_ann, cfg.data.train_labels, labels_field="train_labels")
+    xte, yte, names_te = load_feature_file(cfg.data.test_ann, cfg.data.test_labels, labels_field="test_labels")
     if xtr.shape[1] != xte.shape[1] or ytr.shape[1] != yte.shape[1]:
         raise ValueError(f"train and test feature files disagree: features {xtr.shape} vs {xte.shape}, "
                          f"labels {ytr.shape} vs {yte.shape}")
@@ -183,8 +183,8 @@ def _build_features(cfg: TrainConfig) -> DataBundle:
     train = MultiLabelSet([str(i) for i in range(len(ytr))], ytr, names)  # validates the labels
     test = MultiLabelSet([str(i) for i in range(len(yte))], yte, names)
     val = None
-    if cfg.val_size:
-        tr_idx, va_idx = _holdout(len(train), cfg.val_size, cfg.seed)
+    if cfg.data.val_size:
+        tr_idx, va_idx = _holdout(len(train), cfg.data.val_size, cfg.run.seed)
         val = FeatureDataset(xtr[va_idx], train.labels[va_idx])  # a CSR matrix's rows stay sparse
         xtr, train = xtr[tr_idx], train.subset(tr_idx)
     return DataBundle(FeatureDataset(xtr, train.labels), FeatureDataset(xte, test.labels), val,
@@ -207,18 +207,18 @@ def _build_text_csv(cfg: TrainConfig) -> DataBundle:
 
     for f in ("train_ann", "test_ann"):
         if not getattr(cfg, f):
-            raise ValueError(f"dataset='text-csv' needs `{f}` (a CSV file of documents)")
-    read = lambda path, classes: read_text_csv(path, text_column=cfg.text_column,  # noqa: E731
-                                                label_column=cfg.label_column, label_sep=cfg.label_sep,
+            raise ValueError(f"data.dataset='text-csv' needs `data.{f}` (a CSV file of documents)")
+    read = lambda path, classes: read_text_csv(path, text_column=cfg.data.text_column,  # noqa: E731
+                                                label_column=cfg.data.label_column, label_sep=cfg.data.label_sep,
                                                 classes=classes)
-    train = read(cfg.train_ann, None)
-    test = read(cfg.test_ann, train.class_names)
+    train = read(cfg.data.train_ann, None)
+    test = read(cfg.data.test_ann, train.class_names)
     val = None
-    if cfg.val_size:
-        tr_idx, va_idx = _holdout(len(train), cfg.val_size, cfg.seed)
+    if cfg.data.val_size:
+        tr_idx, va_idx = _holdout(len(train), cfg.data.val_size, cfg.run.seed)
         train, val = train.subset(tr_idx), train.subset(va_idx)
-    _require_positives(train, str(cfg.train_ann))
-    vec = text_vectorizer(cfg.text_features, cfg.tfidf_max_features)
+    _require_positives(train, str(cfg.data.train_ann))
+    vec = text_vectorizer(cfg.data.text_features, cfg.data.tfidf_max_features)
     xtr = vec.fit_transform(train.texts)  # fitted on the training split only
     log.info("text-csv: %d train / %d test documents%s, %d classes, %d TF-IDF terms", len(train), len(test),
              f" / {len(val)} validation" if val is not None else "", train.num_classes, xtr.shape[1])
@@ -256,17 +256,17 @@ def text_vectorizer(kind: str = "huang", max_features: int | None = None) -> Any
 def _build_reuters(cfg: TrainConfig) -> DataBundle:
     from dbloss.data.reuters import huang_validation_split, read_reuters
 
-    if not cfg.data_root:
-        raise ValueError("dataset='reuters' needs `data_root` (the folder of the reut2-*.sgm files)")
-    train, test = read_reuters(cfg.data_root)
+    if not cfg.data.root:
+        raise ValueError("data.dataset='reuters' needs `data.root` (the folder of the reut2-*.sgm files)")
+    train, test = read_reuters(cfg.data.root)
     val = None
-    if cfg.val_size:  # Huang et al. (EMNLP 2021): a 1,000-document hold-out (random_state 123)
-        if cfg.val_size != 1000:
+    if cfg.data.val_size:  # Huang et al. (EMNLP 2021): a 1,000-document hold-out (random_state 123)
+        if cfg.data.val_size != 1000:
             raise ValueError(f"dataset='reuters' holds out Huang et al.'s 1,000 validation documents: expected "
-                             f"val_size 0 or 1000, but got {cfg.val_size}")
+                             f"val_size 0 or 1000, but got {cfg.data.val_size}")
         tr_idx, va_idx = huang_validation_split(train)
         train, val = train.subset(tr_idx), train.subset(va_idx)
-    vec = text_vectorizer(cfg.text_features, cfg.tfidf_max_features)
+    vec = text_vectorizer(cfg.data.text_features, cfg.data.tfidf_max_features)
     xtr = vec.fit_transform(train.texts)  # fitted on the training split only (Huang et al. fit on their 6,769)
     make = lambda table: FeatureDataset(vec.transform(table.texts), table.labels)  # noqa: E731
     return DataBundle(FeatureDataset(xtr, train.labels), make(test), None if val is None else make(val),

@@ -3,6 +3,8 @@
 Wu et al. (ECCV 2020) released the image-id lists of VOC-MLT and COCO-MLT in
 github.com/wutong16/DistributionBalancedLoss (``appendix/``). This module downloads (or copies)
 them, checks them, and reads them; the lists are not shipped with dbloss.
+:func:`download_with_subset` (``dbloss data download``) fetches a data set's images with
+:mod:`dbloss.data.download`, the generic downloader, and then its published list.
 
 Checksum: :data:`PUBLISHED_SUBSETS` gives the sha256 of the list in *canonical form*: the ids
 joined with ``"\\n"`` plus a final ``"\\n"``. It was computed from the file text as stored by a
@@ -20,8 +22,13 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
-__all__ = ["PUBLISHED_SUBSETS", "PublishedSubset", "canonical_sha256", "fetch_published_subset", "load_id_list"]
+from dbloss.data.download import (BENCHMARK_DATA, Archive, DownloadError, download_dataset, download_file,
+                                  mirror_url, resolve_mirror)
+
+__all__ = ["DATASET_SUBSETS", "PUBLISHED_SUBSETS", "PublishedSubset", "canonical_sha256", "download_with_subset",
+           "fetch_published_subset", "load_id_list"]
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +167,6 @@ def fetch_published_subset(
             raise FileNotFoundError(f"{name}: source file not found: {source}")
         shutil.copyfile(source, tmp)
     else:
-        from dbloss.data.download import DownloadError, download_file
-
         url = url or spec.url
         log.info("downloading %s from %s", name, url)
         try:
@@ -178,3 +183,50 @@ def fetch_published_subset(
         raise
     tmp.replace(dest)
     return dest
+
+
+#: The published id list that goes with a data set of :data:`dbloss.data.download.DATASETS`: VOC-MLT is
+#: drawn from VOC 2012 trainval, COCO-MLT from COCO 2017 train.
+DATASET_SUBSETS: dict[str, str] = {"voc2012": "voc-mlt", "coco2017": "coco-mlt"}
+
+
+def download_with_subset(
+    name: str,
+    dest: str | Path = "data",
+    *,
+    mirror: str | None = None,
+    keep_archives: bool = False,
+    subset: bool = True,
+    progress: bool = True,
+    archives: Sequence[Archive] | None = None,
+    **download_kwargs: float,
+) -> Path:
+    """:func:`dbloss.data.download.download_dataset`, then the data set's published id list; return its ``data_root``.
+
+    ``download_with_subset("voc2012", "data")`` leaves ``data/VOCdevkit/VOC2012/`` and
+    ``data/published/voc_mlt_img_id.txt``, the layout the shipped recipes read (``subset:
+    data/published/...``); a benchmark of :data:`dbloss.data.download.BENCHMARK_DATA` ("voc-mlt",
+    "coco-mlt") does so for each of its data sets in turn.
+
+    Args:
+        name, dest, mirror, keep_archives, progress, archives, download_kwargs: as
+            :func:`dbloss.data.download.download_dataset`.
+        subset: also fetch and verify the list of :data:`DATASET_SUBSETS` (VOC-MLT with voc2012,
+            COCO-MLT with coco2017) into ``dest/published``, from the mirror when one is given
+            (or set in ``$DBLOSS_MIRROR``); a list already there is kept.
+
+    A second call with everything in place does nothing.
+    """
+    if name in BENCHMARK_DATA and archives is None:
+        roots = [download_with_subset(part, dest, mirror=mirror, keep_archives=keep_archives, subset=subset,
+                                      progress=progress, **download_kwargs) for part in BENCHMARK_DATA[name]]
+        return roots[0]
+    root = download_dataset(name, dest, mirror=mirror, keep_archives=keep_archives, progress=progress,
+                            archives=archives, **download_kwargs)
+    if subset and name in DATASET_SUBSETS:
+        spec = PUBLISHED_SUBSETS[DATASET_SUBSETS[name]]
+        folder = Path(dest) / "published"
+        if not (folder / spec.filename).exists():
+            fetch_published_subset(DATASET_SUBSETS[name], folder,
+                                   url=mirror_url(spec.filename, spec.url, resolve_mirror(mirror)))
+    return root

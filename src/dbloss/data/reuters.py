@@ -199,7 +199,8 @@ def huang_validation_split(
 
     Args:
         train: the ApteMod training set (7,769 documents; ids are NEWIDs).
-        test_size, random_state: as Huang et al. (1000, 123).
+        test_size: as Huang et al. (1000).
+        random_state: as Huang et al. (123).
 
     Returns:
         ``(train_idx, val_idx)``: int64 indices into ``train`` (6,769 and 1,000 for ApteMod), in

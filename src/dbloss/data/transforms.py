@@ -223,7 +223,8 @@ def train_transform(
         photometric: apply :class:`PhotoMetricDistortion`. Default True.
         channel_swap: include its random channel permutation (as the original). Default True.
             Turn it off where colour identifies a class.
-        mean, std: normalisation (RGB, [0, 1] scale). Default ImageNet.
+        mean: normalisation mean (RGB, [0, 1] scale). Default ImageNet's.
+        std: normalisation standard deviation (RGB, [0, 1] scale). Default ImageNet's.
 
     Returns:
         A callable taking a uint8 ``(..., 3, H, W)`` tensor, returning float32 ``(..., 3, size, size)``.
@@ -257,7 +258,8 @@ def eval_transform(
 
     Args:
         size: output side (or (height, width)). Default 224.
-        mean, std: normalisation (RGB, [0, 1] scale). Default ImageNet.
+        mean: normalisation mean (RGB, [0, 1] scale). Default ImageNet's.
+        std: normalisation standard deviation (RGB, [0, 1] scale). Default ImageNet's.
 
     Returns:
         A callable taking a uint8 ``(..., 3, H, W)`` tensor, returning float32 ``(..., 3, size, size)``.

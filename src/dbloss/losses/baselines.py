@@ -374,7 +374,8 @@ def asymmetric_loss(
     Args:
         logits: (B, C) floating logits.
         targets: (B, C) labels in {0, 1, ignore_index}.
-        gamma_pos, gamma_neg: focusing parameters. Defaults 0 and 4.
+        gamma_pos: focusing parameter of the positives. Default 0.
+        gamma_neg: focusing parameter of the negatives. Default 4.
         clip: probability margin for negatives, in [0, 1). Default 0.05.
         eps: log clamp. Default 1e-8.
         detach_focal: no gradient through the focusing weights (the official
@@ -397,7 +398,8 @@ class AsymmetricLoss(MultiLabelLoss):
 
     Args:
         num_classes: C, checked against the logits (None: not checked).
-        gamma_pos, gamma_neg: focusing parameters. Defaults 0 and 4 (official).
+        gamma_pos: focusing parameter of the positives. Default 0 (official).
+        gamma_neg: focusing parameter of the negatives. Default 4 (official).
         clip: probability margin for negatives. Default 0.05 (official).
         eps: log clamp. Default 1e-8 (official).
         detach_focal: no gradient through the focusing weights. Default True (official recipe).

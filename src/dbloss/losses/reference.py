@@ -192,7 +192,9 @@ def rebalance_map(r: torch.Tensor, alpha: float = 0.1, beta: float = 10.0, mu: f
 
     Args:
         r: a tensor of ratios (see :func:`rebalance_ratio`); ``+inf`` maps to ``alpha + 1``.
-        alpha, beta, mu: offset, steepness and shift. Defaults 0.1, 10, 0.3 (the paper's VOC values).
+        alpha: offset. Default 0.1 (the paper's VOC value).
+        beta: steepness. Default 10 (the paper's VOC value).
+        mu: shift. Default 0.3 (the paper's VOC value).
 
     >>> [round(v, 3) for v in rebalance_map(torch.tensor([0.3, 1.0, float("inf")])).tolist()]
     [0.6, 1.099, 1.1]

@@ -42,15 +42,22 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator, Literal
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset, Sampler
 
+from dbloss.devices import autocast, to_input
+from dbloss.methods.base import Method
+from dbloss.sampling import ClassAwareSampler, ReversedSampler
 from dbloss.models.classifier import FeatureClassifier, FrozenBatchNormModule, MultiLabelClassifier, SmallConvNet, reinitialize
 
-__all__ = ["BBNNetwork", "Branch", "PairedDataset", "PairedSampler", "bbn_loss", "bbn_network", "cumulative_alpha",
+if TYPE_CHECKING:
+    from dbloss.config import TrainConfig
+
+__all__ = ["BBN", "BBNOptions", "BBNNetwork", "Branch", "PairedDataset", "PairedSampler", "bbn_loss", "bbn_network", "cumulative_alpha",
            "split_last_block"]
 
 log = logging.getLogger(__name__)
@@ -234,3 +241,53 @@ class PairedDataset(Dataset):
     def __getitem__(self, pair: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         (x_c, y_c, i), (x_r, y_r, j) = self.dataset[pair[0]], self.dataset[pair[1]]
         return torch.stack([x_c, x_r]), torch.stack([torch.as_tensor(y_c), torch.as_tensor(y_r)]), torch.tensor([i, j])
+
+
+#: Added to the run's seed for the re-balancing sampler: another stream, not a copy of the conventional order.
+REBALANCING_SEED_OFFSET = 1_000_003
+
+
+@dataclass
+class BBNOptions:
+    """``method: {name: bbn, sampler: ...}``: the re-balancing branch's sampler."""
+
+    sampler: Literal["reversed", "class-aware"] = "reversed"
+
+
+class BBN(Method):
+    """BBN: a conventional branch on the recipe's sampler and a re-balancing branch on ``method.sampler``,
+    trained on pairs of batches and mixed by cumulative learning."""
+
+    name = "bbn"
+    Options = BBNOptions
+
+    def wrap(self, model: nn.Module, cfg: "TrainConfig") -> nn.Module:
+        return bbn_network(model)
+
+    def train_data(self, sampler: Any, dataset: Any, cfg: "TrainConfig", labels: Any, *, num_replicas: int = 1,
+                   rank: int = 0) -> tuple[Any, Any]:
+        """Each index a pair (conventional, re-balancing): x (B, 2, ...), y (B, 2, C). The re-balancing
+        sampler draws once per index of the conventional epoch (padded to a multiple of the ranks)."""
+        length = len(sampler) * num_replicas
+        seed = cfg.run.seed + REBALANCING_SEED_OFFSET
+        if self.options.sampler == "class-aware":
+            other: Any = ClassAwareSampler(labels, num_samples_cls=cfg.sampler.num_samples_cls, seed=seed,
+                                           num_replicas=num_replicas, rank=rank, epoch_length=length)
+        else:
+            other = ReversedSampler(labels, seed=seed, num_replicas=num_replicas, rank=rank, epoch_length=length)
+        return PairedSampler(sampler, other), PairedDataset(dataset)
+
+    def sampling_label(self, cfg: "TrainConfig") -> str:
+        return f"{cfg.sampler.name} + {self.options.sampler}"
+
+    def step_loss(self, net: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: "TrainConfig",
+                  device: torch.device, epoch: int) -> torch.Tensor:
+        """BBN's mix of its branches and of its two batches (x (B, 2, ...), y (B, 2, C)), :func:`bbn_loss`."""
+        alpha = cumulative_alpha(epoch, cfg.schedule.epochs)
+        with autocast(cfg.run.amp, device):
+            logits = net(to_input(x[:, 0], device, cfg.run.channels_last),
+                         to_input(x[:, 1], device, cfg.run.channels_last), alpha=alpha)
+        return bbn_loss(loss_fn, logits.float(), y[:, 0], y[:, 1], alpha)
+
+    def resume_keys(self, stage: int) -> dict[str, Any]:
+        return {"network": "bbn", "method.sampler": self.options.sampler}

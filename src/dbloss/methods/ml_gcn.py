@@ -30,13 +30,23 @@ Deviations, each deliberate:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["GCNClassifier", "correlation_matrix", "gcn_head", "load_label_embeddings", "one_hot_embeddings"]
+from dbloss.errors import UsageError
+from dbloss.methods.base import Method
+
+if TYPE_CHECKING:
+    from dbloss.config import TrainConfig
+    from dbloss.stats import LabelStats
+
+__all__ = ["GCNClassifier", "MLGCN", "MLGCNOptions", "correlation_matrix", "gcn_head", "load_label_embeddings",
+           "one_hot_embeddings"]
 
 
 def correlation_matrix(cond_prob: np.ndarray | torch.Tensor, tau: float = 0.4, p: float = 0.2) -> torch.Tensor:
@@ -155,3 +165,35 @@ def gcn_head(in_features: int, cond_prob: np.ndarray, *, embeddings: str | None 
     c = cond_prob.shape[0]
     emb = one_hot_embeddings(c) if embeddings is None else load_label_embeddings(embeddings, c)
     return GCNClassifier(in_features, emb, correlation_matrix(cond_prob, tau, p), hidden=hidden)
+
+
+@dataclass
+class MLGCNOptions:
+    """``method: {name: ml-gcn, ...}``: the label graph and the GCN's width."""
+
+    label_embeddings: str | None = None  # a .npy file (C x E, class order), e.g. GloVe; null: one-hot
+    tau: float = 0.4  # P(j | i) >= tau is an edge (the paper's 0.4)
+    p: float = 0.2  # the neighbours' share of each row (the paper's 0.2)
+    hidden: int = 1024  # width of the first graph convolution (the paper's 1024)
+
+    def validate(self) -> None:
+        if not 0.0 <= self.tau <= 1.0:
+            raise ValueError(f"Expected 0 <= `method.tau` <= 1, but got {self.tau!r}")
+        if not 0.0 <= self.p < 1.0:
+            raise ValueError(f"Expected 0 <= `method.p` < 1, but got {self.p!r}")
+        if self.hidden < 1:
+            raise ValueError(f"Expected `method.hidden` >= 1, but got {self.hidden!r}")
+
+
+class MLGCN(Method):
+    """ML-GCN: the classifier produced by a two-layer GCN over the training labels' co-occurrence graph."""
+
+    name = "ml-gcn"
+    Options = MLGCNOptions
+
+    def set_classifier(self, model: nn.Module, cfg: "TrainConfig", stats: "LabelStats | None") -> None:
+        if stats is None:
+            raise UsageError("method ml-gcn builds its graph from the training labels' statistics; none were given")
+        o = self.options
+        model.classifier = gcn_head(model.classifier.in_features, stats.conditional_prob,
+                                    embeddings=o.label_embeddings, tau=o.tau, p=o.p, hidden=o.hidden)

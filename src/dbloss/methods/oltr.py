@@ -23,7 +23,7 @@ features of the training set. Stage 2 adds, and trains with everything else:
   ``T_hal`` starts from the stage-1 classifier's weights, as in the release;
 * the **discriminative centroid loss** (:func:`discriminative_centroid_loss`): features are pulled
   to the centroids of their classes and pushed (a hinge at margin 10 on the mean squared
-  distance) from the others; it is added to the recipe's loss with weight ``oltr_centroid_weight``
+  distance) from the others; it is added to the recipe's loss with weight ``method.centroid_weight``
   (the release's 0.01) and is what updates the centroids (the memory reads them detached).
   OLTR weighs it against a per-sample loss (softmax cross-entropy); the losses of ``build_loss``
   average over the C classes as well as the samples, so the model returns it divided by C, which
@@ -54,15 +54,21 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dbloss.devices import autocast, to_input
+from dbloss.methods.base import Method, Stage, StageContext, second_stage
 from dbloss.models.classifier import FeatureClassifier, FrozenBatchNormModule, MultiLabelClassifier
 
-__all__ = ["CosineClassifier", "MetaEmbeddingClassifier", "ModulatedAttention", "OLTRNetwork", "class_centroids",
+if TYPE_CHECKING:
+    from dbloss.config import TrainConfig
+
+__all__ = ["OLTR", "OLTROptions", "CosineClassifier", "MetaEmbeddingClassifier", "ModulatedAttention", "OLTRNetwork", "class_centroids",
            "discriminative_centroid_loss", "enter_memory_stage", "meta_embedding", "oltr_network"]
 
 log = logging.getLogger(__name__)
@@ -338,3 +344,80 @@ def oltr_network(base: nn.Module, *, attention: bool = True, image_size: int = 2
         return OLTRNetwork(nn.Identity(), base.neck, base.classifier, base.classifier.in_features,
                            in_features=base.in_features)
     raise TypeError(f"OLTR builds on a MultiLabelClassifier or a FeatureClassifier, not {type(base).__name__}")
+
+
+@torch.no_grad()
+def memory_centroids(model: OLTRNetwork, context: StageContext, num_classes: int) -> torch.Tensor:
+    """OLTR's memory: (C, D) the mean direct feature of each class's training samples (multi-label:
+    a sample counts for each of its classes), from ``context.train_batches`` (the evaluation
+    transform), the model in eval mode; every rank sums its share and the sums are all-reduced."""
+    model.eval()
+    sums = counts = None
+    for x, y in context.train_batches():
+        s, n = class_centroids(model.direct_features(x).float(), y)
+        sums, counts = (s, n) if sums is None else (sums + s, counts + n)
+    if sums is None:
+        raise ValueError("OLTR: no training sample to form the memory from")
+    context.all_reduce(sums)
+    context.all_reduce(counts)
+    if context.is_main and bool((counts == 0).any()):
+        log.warning("OLTR: %d classes have no training sample: their centroids are 0", int((counts == 0).sum()))
+    return sums / counts.clamp_min(1)[:, None]
+
+
+@dataclass
+class OLTROptions:
+    """``method: {name: oltr, ...}``: the attention, the centroid loss's weight and the memory stage."""
+
+    attention: bool = True  # modulated attention on the backbone's last feature map (where it has one)
+    centroid_weight: float = 0.01  # weight of the discriminative centroid loss (the release's 0.01)
+    stage2_epochs: int = 4  # epochs of the memory stage (stage 2)
+    stage2_sampler: Literal["random", "class-aware"] = "class-aware"
+    stage2_lr: float | None = None  # null: the recipe's `optim.lr`
+
+    def validate(self) -> None:
+        if self.centroid_weight < 0:
+            raise ValueError(f"Expected `method.centroid_weight` >= 0, but got {self.centroid_weight!r}")
+        if self.stage2_epochs < 1:
+            raise ValueError(f"Expected `method.stage2_epochs` >= 1 with method 'oltr' (its stage 2 trains the "
+                             f"modulated attention and the meta-embedding classifier), but got {self.stage2_epochs!r}")
+        if self.stage2_lr is not None and self.stage2_lr < 0:
+            raise ValueError(f"Expected `method.stage2_lr` >= 0 or null, but got {self.stage2_lr!r}")
+
+
+class OLTR(Method):
+    """OLTR: stage 1 the plain model; stage 2 the memory (class centroids), modulated attention and the
+    meta-embedding classifier, with the discriminative centroid loss."""
+
+    name = "oltr"
+    Options = OLTROptions
+
+    @classmethod
+    def check(cls, cfg: "TrainConfig") -> None:
+        if cfg.eval.keep_best:
+            raise ValueError("Expected eval.keep_best=false with method 'oltr' (the best epoch is chosen within one "
+                             "stage; not supported across two), but got keep_best=true")
+
+    def wrap(self, model: nn.Module, cfg: "TrainConfig") -> nn.Module:
+        return oltr_network(model, attention=self.options.attention, image_size=cfg.data.image_size)
+
+    def step_loss(self, net: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: "TrainConfig",
+                  device: torch.device, epoch: int) -> torch.Tensor:
+        """The recipe's loss plus the weighted discriminative centroid loss the model returns (0 in stage 1)."""
+        with autocast(cfg.run.amp, device):
+            logits, centroid_loss = net(to_input(x, device, cfg.run.channels_last), targets=y)
+        return loss_fn(logits.float(), y) + self.options.centroid_weight * centroid_loss.float()
+
+    def stages(self, cfg: "TrainConfig") -> list[Stage]:
+        o = self.options
+        return [Stage(1, cfg, 0), second_stage(cfg, o.stage2_epochs, o.stage2_sampler, o.stage2_lr, "oltr")]
+
+    def enter_stage(self, model: nn.Module, stage: Stage, *, fresh: bool, context: StageContext | None = None) -> None:
+        """Stage 2: the memory from the stage-1 features (``fresh``), then modulated attention,
+        meta-embedding and centroids trained (:func:`enter_memory_stage`)."""
+        centroids = None
+        if fresh:
+            if context is None:
+                raise ValueError("OLTR's stage 2 forms its memory from the training data: a StageContext is needed")
+            centroids = memory_centroids(model, context, model.centroids.shape[0])
+        enter_memory_stage(model, centroids)

@@ -26,7 +26,7 @@ ResNets in :func:`dbloss.models.classifier.build_backbone`), the stem and first 
 embedding and first block of a ViT; "train only the last ``K`` blocks" is ``frozen_stages =
 num_stages - K`` (:func:`timm_stages` lists them); ``frozen_stages = num_stages`` freezes the whole
 backbone (a linear probe). ``None``: 1 with pretrained weights, 0 from scratch
-(:func:`dbloss.models.classifier.resolve_frozen_stages`). Frozen parameters get ``requires_grad=False``;
+(:func:`dbloss.models.weights.resolve_frozen_stages`). Frozen parameters get ``requires_grad=False``;
 ``MultiLabelClassifier.train`` keeps the batch norms whose parameters are all frozen in eval mode,
 so their running statistics stay those of the pretrained model.
 
@@ -51,7 +51,7 @@ from typing import Any, NamedTuple
 from torch import nn
 
 from dbloss.errors import UsageError
-from dbloss.models.classifier import _load_local, is_pretrained, resolve_frozen_stages
+from dbloss.models.weights import is_pretrained, load_local_weights, resolve_frozen_stages
 from dbloss.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["MissingDependencyError", "Preprocessing", "TIMM_PREFIX", "CLIP_PREFIX", "backbone_preprocessing",
@@ -269,7 +269,7 @@ def build_timm_backbone(
             and "dynamic_img_size" in inspect.signature(type(model).__init__).parameters:
         model = create(dynamic_img_size=True)  # a ViT at any input size: position embeddings resampled per input
     if local is not None and local.suffix != ".safetensors":
-        _load_local(model, local, name)
+        load_local_weights(model, local, name)
     if image_size is not None and hasattr(model, "set_input_size"):
         model.set_input_size(img_size=int(image_size))
     freeze_timm_stages(model, frozen, name=f"backbone {name!r}")

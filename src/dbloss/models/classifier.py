@@ -16,11 +16,13 @@ import torch
 import torchvision
 from torch import nn
 
-from dbloss.files import load_checkpoint
+from dbloss.models.backbones import build_timm_backbone
+# is_pretrained and resolve_frozen_stages live in dbloss.models.weights (shared with the timm backbones); the
+# names stay importable from here for dbloss.training.engine until it imports them from there
+from dbloss.models.weights import is_pretrained, load_local_weights, resolve_frozen_stages
 
 __all__ = ["MultiLabelClassifier", "FeatureClassifier", "build_model", "build_backbone", "SmallConvNet",
-           "FrozenBatchNormModule", "is_pretrained", "keep_frozen_batchnorms_in_eval", "reinitialize",
-           "resolve_frozen_stages"]
+           "FrozenBatchNormModule", "keep_frozen_batchnorms_in_eval", "reinitialize"]
 
 
 class Neck(nn.Module):
@@ -59,46 +61,6 @@ class SmallConvNet(nn.Module):
         return x
 
 
-def is_pretrained(weights: str | None) -> bool:
-    """Whether a ``weights`` setting loads pretrained weights (anything but ``None`` / ``"none"``)."""
-    return weights not in (None, "none", "None", "")
-
-
-def resolve_frozen_stages(frozen_stages: int | None, weights: str | None) -> int:
-    """The number of stages to freeze: ``None`` means the paper's 1 with pretrained weights and 0
-    without (random layers are never frozen); an explicit request to freeze random layers raises.
-
-    >>> resolve_frozen_stages(None, "DEFAULT"), resolve_frozen_stages(None, None), resolve_frozen_stages(0, "x.pth")
-    (1, 0, 0)
-    """
-    if frozen_stages is None:
-        return 1 if is_pretrained(weights) else 0
-    if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int) or frozen_stages < 0:
-        raise ValueError(f"Expected `frozen_stages` to be None or an int >= 0, but got {frozen_stages!r}")
-    if frozen_stages > 0 and not is_pretrained(weights):
-        raise ValueError(f"frozen_stages={frozen_stages} would freeze randomly initialised layers (weights={weights!r}): "
-                         "frozen layers never learn, and their batch norms keep their initial statistics. Freeze "
-                         "only pretrained layers: set frozen_stages=0 (or leave it unset) or give `weights`")
-    return frozen_stages
-
-
-def _load_local(model: nn.Module, path: Path, name: str) -> None:
-    """Load a local state dict into ``model``; the classifier (``fc.``/``classifier.``/``head``) may be absent."""
-    state = load_checkpoint(path, kind="weights")  # weights_only: a file whose pickle would run code is refused, naming it
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict (a mapping of tensor names), got {type(state).__name__}")
-    own = model.state_dict()
-    wrong = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)
-             and not k.startswith(("fc.", "classifier.", "head"))]
-    if wrong:
-        raise ValueError(f"{path}: weights do not match backbone {name!r}; wrong shape for {wrong[:5]}")
-    state = {k: v for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
-    missing, _ = model.load_state_dict(state, strict=False)
-    bad = [k for k in missing if not k.startswith(("fc.", "classifier.", "head"))]
-    if bad:
-        raise ValueError(f"{path}: weights do not match backbone {name!r}; missing {bad[:5]}")
-
-
 def _freeze(stages: list[nn.Module], n: int) -> None:
     for stage in stages[:n]:
         for p in stage.parameters():
@@ -121,15 +83,13 @@ def build_backbone(
         frozen_stages: freeze the stem and the first ``frozen_stages`` stages (ResNets: stem +
             ``layer1`` ... ; ``small_cnn``: its first ``frozen_stages + 1`` conv stages, the first
             counting as the stem). ``None`` (default): the paper's 1 with pretrained weights, 0
-            without; freezing random layers is an error (:func:`resolve_frozen_stages`). Other
+            without; freezing random layers is an error (:func:`dbloss.models.weights.resolve_frozen_stages`). Other
             backbones cannot be frozen by stage: a request > 0 raises.
 
     ``"timm:NAME"`` builds a timm model instead (:func:`dbloss.models.backbones.build_timm_backbone`:
     pooled (B, F) features, timm's stages frozen), with ``weights`` DEFAULT, a local file or none.
     """
     if name.startswith("timm:"):
-        from dbloss.models.backbones import build_timm_backbone
-
         return build_timm_backbone(name, weights, frozen_stages)
     frozen = resolve_frozen_stages(frozen_stages, weights)
     local: Path | None = None
@@ -147,7 +107,7 @@ def build_backbone(
                              f".pth file (e.g. from `dbloss pretrain`), but got {weights!r}")
         net = SmallConvNet()
         if local is not None:
-            _load_local(net, local, name)
+            load_local_weights(net, local, name)
         _freeze(list(net.stages), frozen + 1 if frozen > 0 else 0)
         return net, net.out_features
     if name not in torchvision.models.list_models(module=torchvision.models):
@@ -155,7 +115,7 @@ def build_backbone(
         raise ValueError(f"Unknown backbone {name!r}; expected 'small_cnn' or a torchvision model name ({valid}, ...)")
     model = torchvision.models.get_model(name, weights=tv_weights)
     if local is not None:
-        _load_local(model, local, name)
+        load_local_weights(model, local, name)
     if hasattr(model, "fc") and hasattr(model, "layer1"):  # ResNet family
         feat_dim = model.fc.in_features
         stages = [nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool),

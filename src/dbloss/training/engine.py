@@ -4,10 +4,11 @@
   :func:`build`, trains epoch after epoch with :func:`train_one_epoch` (the paper's schedule:
   SGD, or AdamW as an option; linear warm-up, step decay, gradient clipping), writes an atomic
   checkpoint every epoch and tests at the end: ``metrics.json``, ``metrics.md``, ``predictions.npz``.
-  A recipe with ``decoupling`` (:mod:`dbloss.methods.decoupling`) or ``head: oltr`` (:mod:`dbloss.methods.oltr`)
-  has a second stage (:mod:`dbloss.training.stages`): the same loop over :func:`train_one_epoch` with the
-  stage's configuration, in the same run folder; checkpoints name their stage, so ``--resume``
-  continues in it. ``head: bbn`` (:mod:`dbloss.methods.bbn`) trains on pairs of batches from two samplers.
+  The recipe's method (:mod:`dbloss.methods`: plain, ML-GCN, OLTR, BBN, decoupling, ...) is reached
+  only through its hooks: the network (``set_classifier``, ``wrap``), the training batches
+  (``train_data``), the loss of a step (``step_loss``) and the stages (``stages``, ``enter_stage``):
+  a method with a second stage runs the same loop over :func:`train_one_epoch` with the stage's
+  configuration, in the same run folder; checkpoints name their stage, so ``--resume`` continues in it.
 * :func:`evaluate` (``-> (scores, targets)``) predicts a dataset; :func:`evaluate_checkpoint`
   tests a saved checkpoint with the same :func:`build`.
 * Pure helpers: :func:`get_lr`, :func:`lr_step_epochs`, :func:`schedule_warnings`, :func:`result_record`.
@@ -35,23 +36,21 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from dbloss.methods.bbn import PairedDataset, PairedSampler, bbn_loss, bbn_network, cumulative_alpha
 from dbloss.config import TrainConfig, load_config, save_config
 from dbloss.data.features import collate_features
-from dbloss.methods.decoupling import ScaledLinear, enter_stage2, trainable_parameters
+from dbloss.devices import autocast, to_input
+from dbloss.methods import Method, Stage, StageContext, create_method
+from dbloss.methods.base import trainable_parameters
 from dbloss.distributed import DistEnv, barrier, gather_predictions, init_distributed
 from dbloss.errors import NonFiniteLossError, TrainingCollapsedError, UsageError
 from dbloss.training.health import chance_map, chance_message, collapse_message, non_finite_advice, stalled_loss_message
 from dbloss.files import jsonable, load_checkpoint, save_checkpoint, write_json, write_text
 from dbloss.losses import build_loss
 from dbloss.metrics import f1_scores, mean_average_precision, nanmean, summarize
-from dbloss.methods.ml_gcn import gcn_head
 from dbloss.models.classifier import build_model, is_pretrained, resolve_frozen_stages
-from dbloss.methods.oltr import class_centroids, enter_memory_stage, oltr_network
 from dbloss.data.pipeline import DataBundle, build_data, eval_view, prepare_data
 from dbloss.models.pretrain import BUILTIN_WEIGHTS, resolve_weights
 from dbloss.sampling import ClassAwareSampler, ReversedSampler
-from dbloss.training.stages import training_stages
 from dbloss.stats import LabelStats
 from dbloss.thresholds import per_class_thresholds
 from dbloss.tables import results_table
@@ -66,9 +65,9 @@ log = logging.getLogger(__name__)
 RUN_FILES: tuple[str, ...] = ("checkpoint.pt", "best.pt", "metrics.json")
 #: What a run writes and ``--overwrite`` removes first (``log.jsonl`` is appended to, so it must go).
 _REPLACED_FILES: tuple[str, ...] = (*RUN_FILES, "metrics.md", "predictions.npz", "log.jsonl")
-#: Configuration fields a resumed run must share with its checkpoint.
-_RESUME_KEYS: tuple[str, ...] = ("loss", "dataset", "sampler", "seed", "batch_size", "optimizer", "head",
-                                 "bbn_sampler")
+#: Configuration keys a resumed run must share with its checkpoint (besides its method's, Method.resume_keys).
+_RESUME_KEYS: tuple[str, ...] = ("loss.name", "data.dataset", "sampler.name", "run.seed", "optim.batch_size",
+                                 "optim.name")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,23 +75,23 @@ _RESUME_KEYS: tuple[str, ...] = ("loss", "dataset", "sampler", "seed", "batch_si
 # ---------------------------------------------------------------------------------------------
 
 def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with momentum (the paper's) or AdamW (decoupled weight decay), at ``cfg.lr``;
+    """SGD with momentum (the paper's) or AdamW (decoupled weight decay), at ``cfg.optim.lr``;
     the schedule (:func:`get_lr`) sets each step's rate."""
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optim.name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
 
 
 def lr_step_epochs(cfg: TrainConfig) -> list[int]:
     """The epochs (0-based, the first epoch run at the decayed rate) of the step decays:
-    ``lr_steps`` are fractions of ``cfg.epochs``, rounded half up, so that changing ``epochs``
+    ``lr_steps`` are fractions of ``cfg.schedule.epochs``, rounded half up, so that changing ``epochs``
     keeps the schedule's shape.
 
     >>> from dbloss.config import TrainConfig
-    >>> lr_step_epochs(TrainConfig(epochs=8)), lr_step_epochs(TrainConfig(epochs=16))
+    >>> lr_step_epochs(load_config(None, ["schedule.epochs=8"])), lr_step_epochs(load_config(None, ["schedule.epochs=16"]))
     ([5, 7], [10, 14])
     """
-    return [int(math.floor(f * cfg.epochs + 0.5)) for f in cfg.lr_steps]
+    return [int(math.floor(f * cfg.schedule.epochs + 0.5)) for f in cfg.schedule.lr_steps]
 
 
 def get_lr(cfg: TrainConfig, it: int, epoch: int) -> float:
@@ -101,40 +100,40 @@ def get_lr(cfg: TrainConfig, it: int, epoch: int) -> float:
     ``warmup_iters`` iterations, which rises from ``warmup_ratio`` to 1.
 
     >>> from dbloss.config import TrainConfig
-    >>> cfg = TrainConfig(lr=0.02, warmup_iters=500, warmup_ratio=1/3, epochs=8)  # steps at 5/8, 7/8
+    >>> cfg = load_config(None, ["optim.lr=0.02", "schedule.warmup_iters=500", "schedule.epochs=8"])  # steps at 5/8, 7/8
     >>> round(get_lr(cfg, 0, 0), 5), get_lr(cfg, 600, 1), round(get_lr(cfg, 9000, 7), 6)
     (0.00667, 0.02, 0.0002)
     """
-    lr = cfg.lr * cfg.lr_gamma ** sum(epoch >= s for s in lr_step_epochs(cfg))
-    if it < cfg.warmup_iters:
-        lr *= 1 - (1 - it / cfg.warmup_iters) * (1 - cfg.warmup_ratio)
+    lr = cfg.optim.lr * cfg.schedule.lr_gamma ** sum(epoch >= s for s in lr_step_epochs(cfg))
+    if it < cfg.schedule.warmup_iters:
+        lr *= 1 - (1 - it / cfg.schedule.warmup_iters) * (1 - cfg.schedule.warmup_ratio)
     return lr
 
 
 def _step_warnings(cfg: TrainConfig, steps: list[int]) -> list[str]:
     out = []
-    for frac, ep in zip(cfg.lr_steps, steps):
-        if ep >= cfg.epochs:
-            out.append(f"lr step at {frac:g} of training falls at epoch {ep + 1} of {cfg.epochs}: it never happens "
+    for frac, ep in zip(cfg.schedule.lr_steps, steps):
+        if ep >= cfg.schedule.epochs:
+            out.append(f"lr step at {frac:g} of training falls at epoch {ep + 1} of {cfg.schedule.epochs}: it never happens "
                        f"(the whole run is at the full rate)")
         elif ep <= 0:
-            out.append(f"lr step at {frac:g} of training falls at epoch 1 of {cfg.epochs}: the run never trains at "
+            out.append(f"lr step at {frac:g} of training falls at epoch 1 of {cfg.schedule.epochs}: the run never trains at "
                        f"the full rate")
-    inside = [s for s in steps if 0 < s < cfg.epochs]
+    inside = [s for s in steps if 0 < s < cfg.schedule.epochs]
     if len(set(inside)) < len(inside):
-        out.append(f"lr_steps {cfg.lr_steps} put two decays in the same epoch with epochs={cfg.epochs} ({steps})")
+        out.append(f"schedule.lr_steps {cfg.schedule.lr_steps} put two decays in the same epoch with schedule.epochs={cfg.schedule.epochs} ({steps})")
     return out
 
 
 def _warmup_warnings(cfg: TrainConfig, steps: list[int], iters_per_epoch: int) -> list[str]:
-    total = iters_per_epoch * cfg.epochs
-    if cfg.warmup_iters and cfg.warmup_iters >= total:
-        return [f"warmup_iters={cfg.warmup_iters} is longer than the run ({total} iterations): the learning rate "
-                f"never reaches lr={cfg.lr:g}"]
-    first = min((s for s in steps if 0 < s < cfg.epochs), default=None)
-    if first is not None and cfg.warmup_iters > first * iters_per_epoch:
-        return [f"warmup_iters={cfg.warmup_iters} runs past the first lr step (epoch {first + 1}, iteration "
-                f"{first * iters_per_epoch}): the rate decays before it has reached lr={cfg.lr:g}"]
+    total = iters_per_epoch * cfg.schedule.epochs
+    if cfg.schedule.warmup_iters and cfg.schedule.warmup_iters >= total:
+        return [f"schedule.warmup_iters={cfg.schedule.warmup_iters} is longer than the run ({total} iterations): the learning rate "
+                f"never reaches lr={cfg.optim.lr:g}"]
+    first = min((s for s in steps if 0 < s < cfg.schedule.epochs), default=None)
+    if first is not None and cfg.schedule.warmup_iters > first * iters_per_epoch:
+        return [f"schedule.warmup_iters={cfg.schedule.warmup_iters} runs past the first lr step (epoch {first + 1}, iteration "
+                f"{first * iters_per_epoch}): the rate decays before it has reached lr={cfg.optim.lr:g}"]
     return []
 
 
@@ -149,15 +148,15 @@ def schedule_warnings(cfg: TrainConfig, num_train: int, iters_per_epoch: int, sa
     """
     steps = lr_step_epochs(cfg)
     out = _step_warnings(cfg, steps) + _warmup_warnings(cfg, steps, iters_per_epoch)
-    if cfg.batch_size > num_train:
-        out.append(f"batch_size={cfg.batch_size} is larger than the {num_train} training samples")
-    if cfg.sampler == "class-aware" and cfg.sampler_epoch == "paper":
+    if cfg.optim.batch_size > num_train:
+        out.append(f"optim.batch_size={cfg.optim.batch_size} is larger than the {num_train} training samples")
+    if cfg.sampler.name == "class-aware" and cfg.sampler.epoch == "paper":
         ratio = samples_per_epoch / max(num_train, 1)
         if ratio > 16 or ratio < 0.25:
             out.append(f"a class-aware epoch draws {samples_per_epoch} samples, {ratio:.2g}x the {num_train} training "
-                       f"samples (sampler_epoch=paper: max class count x classes / sampler_reduce="
-                       f"{cfg.sampler_reduce}): every epoch-based setting (epochs, lr_steps) is stretched by that "
-                       f"factor; sampler_epoch=data draws as many samples as the training split holds")
+                       f"samples (sampler.epoch=paper: max class count x classes / sampler.reduce="
+                       f"{cfg.sampler.reduce}): every epoch-based setting (epochs, lr_steps) is stretched by that "
+                       f"factor; sampler.epoch=data draws as many samples as the training split holds")
     return out
 
 
@@ -166,53 +165,49 @@ def schedule_warnings(cfg: TrainConfig, num_train: int, iters_per_epoch: int, sa
 # ---------------------------------------------------------------------------------------------
 
 def resolve_device(device: str, env: DistEnv) -> torch.device:
-    if device == "auto":
-        return torch.device(f"cuda:{env.local_rank}" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """``run.device`` for this rank (``"auto"``: its CUDA device when there is one, else the CPU)."""
+    from dbloss.devices import resolve_device as _resolve
+
+    return _resolve(device, env.local_rank)
 
 
 def _num_workers(cfg: TrainConfig, device: torch.device) -> int:
-    if cfg.workers >= 0:
-        return cfg.workers
+    if cfg.data.workers >= 0:
+        return cfg.data.workers
     cpus = os.cpu_count() or 1
     return max(0, min(8 if device.type == "cuda" else 2, cpus - 1))
 
 
 def _autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    if cfg.amp == "none":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
+    return autocast(cfg.run.amp, device)
 
 
 def _inputs(x: torch.Tensor, cfg: TrainConfig, device: torch.device) -> torch.Tensor:
     """A batch of inputs on ``device`` (images channels-last on CUDA when the recipe asks)."""
-    x = x.to(device, non_blocking=True)
-    if x.ndim == 4 and cfg.channels_last and device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
+    return to_input(x, device, cfg.run.channels_last)
 
 
 def _loader(ds: Any, batch_size: int, sampler: Any, cfg: TrainConfig, device: torch.device,
             generator: torch.Generator | None = None, drop_last: bool = False) -> DataLoader:
     workers = _num_workers(cfg, device)
-    pin = cfg.pin_memory if cfg.pin_memory is not None else device.type == "cuda"
+    pin = cfg.data.pin_memory if cfg.data.pin_memory is not None else device.type == "cuda"
     # collate_features: a feature dataset's batch as fetched in one go (FeatureDataset.__getitems__), without
     # default_collate's second copy; any other batch goes to default_collate
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin,
-                      persistent_workers=cfg.persistent_workers and workers > 0, drop_last=drop_last,
+                      persistent_workers=cfg.data.persistent_workers and workers > 0, drop_last=drop_last,
                       generator=generator, collate_fn=collate_features)
 
 
-def _train_loader(cfg: TrainConfig, data: DataBundle, env: DistEnv,
+def _train_loader(cfg: TrainConfig, method: Method, data: DataBundle, env: DistEnv,
                   device: torch.device) -> tuple[Any, torch.Generator, DataLoader]:
     """The training sampler (``set_epoch`` it), the loader's generator (seed it) and the loader."""
-    if cfg.batch_size % env.world_size:
-        raise UsageError(f"batch_size={cfg.batch_size} must be divisible by the number of ranks ({env.world_size})")
-    per_rank = cfg.batch_size // env.world_size
+    if cfg.optim.batch_size % env.world_size:
+        raise UsageError(f"optim.batch_size={cfg.optim.batch_size} must be divisible by the number of ranks ({env.world_size})")
+    per_rank = cfg.optim.batch_size // env.world_size
     sampler = _train_sampler(cfg, data, env)
     dataset = data.train
-    if cfg.head == "bbn":  # BBN: each index a pair, (conventional, re-balancing): x (B, 2, ...), y (B, 2, C)
-        sampler, dataset = PairedSampler(sampler, _rebalancing_sampler(cfg, data, env, sampler)), PairedDataset(dataset)
+    sampler, dataset = method.train_data(sampler, dataset, cfg, data.train_labels, num_replicas=env.world_size,
+                                         rank=env.rank)  # e.g. BBN's pairs of samplers
     generator = torch.Generator()
     per_epoch = len(sampler)  # samples this rank draws per epoch
     # a last batch of one sample breaks batch norm in training mode: drop it (it is 1 of the epoch's samples)
@@ -222,31 +217,19 @@ def _train_loader(cfg: TrainConfig, data: DataBundle, env: DistEnv,
         for message in schedule_warnings(cfg, len(data.train), len(loader), per_epoch * env.world_size):
             log.warning("%s", message)
         log.info("schedule: %d epochs of %d iterations (%d samples), lr %g decayed x%g at epochs %s, %d warm-up "
-                 "iterations%s", cfg.epochs, len(loader), per_epoch * env.world_size, cfg.lr, cfg.lr_gamma,
-                 [e + 1 for e in lr_step_epochs(cfg)], cfg.warmup_iters,
+                 "iterations%s", cfg.schedule.epochs, len(loader), per_epoch * env.world_size, cfg.optim.lr, cfg.schedule.lr_gamma,
+                 [e + 1 for e in lr_step_epochs(cfg)], cfg.schedule.warmup_iters,
                  "; the last sample of each epoch is dropped (a batch of one)" if drop_last else "")
     return sampler, generator, loader
 
 
 def _train_sampler(cfg: TrainConfig, data: DataBundle, env: DistEnv) -> Any:
-    """The recipe's training sampler (``cfg.sampler``), this rank's part of it."""
-    if cfg.sampler == "class-aware":  # sampler_epoch "data": an epoch as long as the training split
-        length = len(data.train) if cfg.sampler_epoch == "data" else None
-        return ClassAwareSampler(data.train_labels, num_samples_cls=cfg.num_samples_cls, reduce=cfg.sampler_reduce,
-                                 seed=cfg.seed, num_replicas=env.world_size, rank=env.rank, epoch_length=length)
-    return DistributedSampler(data.train, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=cfg.seed)
-
-
-def _rebalancing_sampler(cfg: TrainConfig, data: DataBundle, env: DistEnv, conventional: Any) -> Any:
-    """BBN's re-balancing sampler (``cfg.bbn_sampler``), one draw per index of the conventional epoch;
-    seeded apart from the conventional sampler (another stream, not a copy of its order)."""
-    length = len(conventional) * env.world_size  # the conventional epoch, padded to a multiple of the ranks
-    seed = cfg.seed + 1_000_003
-    if cfg.bbn_sampler == "class-aware":
-        return ClassAwareSampler(data.train_labels, num_samples_cls=cfg.num_samples_cls, seed=seed,
-                                 num_replicas=env.world_size, rank=env.rank, epoch_length=length)
-    return ReversedSampler(data.train_labels, seed=seed, num_replicas=env.world_size, rank=env.rank,
-                           epoch_length=length)
+    """The recipe's training sampler (``cfg.sampler.name``), this rank's part of it."""
+    if cfg.sampler.name == "class-aware":  # sampler_epoch "data": an epoch as long as the training split
+        length = len(data.train) if cfg.sampler.epoch == "data" else None
+        return ClassAwareSampler(data.train_labels, num_samples_cls=cfg.sampler.num_samples_cls, reduce=cfg.sampler.reduce,
+                                 seed=cfg.run.seed, num_replicas=env.world_size, rank=env.rank, epoch_length=length)
+    return DistributedSampler(data.train, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=cfg.run.seed)
 
 
 def _batches(loader: DataLoader, show: bool, desc: str) -> Iterator[Any]:
@@ -262,15 +245,15 @@ def _batches(loader: DataLoader, show: bool, desc: str) -> Iterator[Any]:
 # ---------------------------------------------------------------------------------------------
 
 def _initial_weights(cfg: TrainConfig, data: DataBundle, env: DistEnv, progress: bool) -> str | None:
-    """``cfg.weights``, with the built-in pretrained backbone made once (by rank 0) and cached."""
-    weights = cfg.weights
+    """``cfg.model.weights``, with the built-in pretrained backbone made once (by rank 0) and cached."""
+    weights = cfg.model.weights
     if weights == BUILTIN_WEIGHTS and data.input_type == "image":
         if env.is_main:
             with torch.random.fork_rng(devices=[]):  # pretraining here or not: the same initial model
-                weights = resolve_weights(weights, cfg.backbone, cfg.image_size, cfg.data_root, progress=progress)
+                weights = resolve_weights(weights, cfg.model.backbone, cfg.data.image_size, cfg.data.root, progress=progress)
         barrier(env)
         if not env.is_main:  # the other ranks read the cached file that rank 0 made
-            weights = resolve_weights(weights, cfg.backbone, cfg.image_size, cfg.data_root, progress=False)
+            weights = resolve_weights(weights, cfg.model.backbone, cfg.data.image_size, cfg.data.root, progress=False)
     return weights
 
 
@@ -285,9 +268,9 @@ def build(cfg: TrainConfig, device: torch.device, env: DistEnv, *, label_stats: 
     """
     data = build_data(cfg)
     if label_stats is None:
-        stats = LabelStats.from_labels(data.train_labels, data.class_names, head_min=cfg.head_min,
-                                       tail_max=cfg.tail_max)
-        weights, frozen = _initial_weights(cfg, data, env, progress), cfg.frozen_stages
+        stats = LabelStats.from_labels(data.train_labels, data.class_names, head_min=cfg.eval.head_min,
+                                       tail_max=cfg.eval.tail_max)
+        weights, frozen = _initial_weights(cfg, data, env, progress), cfg.model.frozen_stages
     else:
         stats = LabelStats.from_dict(label_stats)
         if data.class_names != stats.class_names:
@@ -305,35 +288,26 @@ def build_network(cfg: TrainConfig, num_classes: int, device: torch.device, *, i
     """The model of a recipe on ``device``: the one builder behind :func:`build` (train, evaluate)
     and :func:`model_from_checkpoint` (predict, export). Defaults: no initial weights, nothing
     frozen (a model that will receive a checkpoint's weights). ``stats``: the training labels'
-    statistics, which ``head: ml-gcn`` builds its label graph from."""
-    model = build_model(num_classes, input_type=input_type, backbone=cfg.backbone, weights=weights,  # type: ignore[arg-type]
-                        frozen_stages=frozen_stages, neck_dim=cfg.neck_dim, dropout=cfg.dropout,
+    statistics (ML-GCN builds its label graph from them)."""
+    model = build_model(num_classes, input_type=input_type, backbone=cfg.model.backbone, weights=weights,  # type: ignore[arg-type]
+                        frozen_stages=frozen_stages, neck_dim=cfg.model.neck_dim, dropout=cfg.model.dropout,
                         in_features=in_features)
-    _set_classifier(model, cfg, stats)
-    if cfg.head == "oltr":
-        model = oltr_network(model, attention=cfg.oltr_attention, image_size=cfg.image_size)
-    elif cfg.head == "bbn":
-        model = bbn_network(model)
+    method = create_method(cfg.method)
+    method.set_classifier(model, cfg, stats)
+    _init_bias(model, cfg, stats)
+    model = method.wrap(model, cfg)
     model = model.to(device)
-    if device.type == "cuda" and cfg.channels_last and input_type == "image":
+    if device.type == "cuda" and cfg.run.channels_last and input_type == "image":
         model = model.to(memory_format=torch.channels_last)
     return model
 
 
-def _set_classifier(model: nn.Module, cfg: TrainConfig, stats: LabelStats | None) -> None:
-    """The recipe's classifier in place of the linear one: ML-GCN's (:mod:`dbloss.methods.ml_gcn`), or
-    LWS's linear layer with per-class scales (:class:`dbloss.methods.decoupling.ScaledLinear`)."""
-    linear = model.classifier
-    if cfg.head == "ml-gcn":
-        if stats is None:
-            raise UsageError("head=ml-gcn builds its graph from the training labels' statistics; none were given")
-        model.classifier = gcn_head(linear.in_features, stats.conditional_prob, embeddings=cfg.label_embeddings,
-                                    tau=cfg.gcn_tau, p=cfg.gcn_p, hidden=cfg.gcn_hidden)
-    elif cfg.decoupling == "lws":
-        model.classifier = ScaledLinear.from_linear(linear)  # stage 1 trains as without LWS, bit for bit
-    if cfg.bias_init == "prior":
+def _init_bias(model: nn.Module, cfg: TrainConfig, stats: LabelStats | None) -> None:
+    """``model.bias_init``: the classifier's initial bias (``prior``: :func:`prior_bias_`)."""
+    if cfg.model.bias_init == "prior":
         if not isinstance(model.classifier, nn.Linear) or model.classifier.bias is None:
-            raise UsageError(f"bias_init=prior sets a linear classifier's bias, but head={cfg.head!r} has none")
+            raise UsageError(f"model.bias_init=prior sets a linear classifier's bias, but method "
+                             f"{cfg.method.name!r} has none")
         if stats is not None:  # (a model that will receive a checkpoint's weights needs no initial bias)
             prior_bias_(model.classifier.bias, stats.class_freq, stats.num_samples)
 
@@ -394,7 +368,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device | str = "cp
 def _build_loss(cfg: TrainConfig, stats: LabelStats) -> nn.Module:
     """The recipe's loss on the training split's class counts."""
     try:
-        return build_loss(cfg.loss, torch.as_tensor(stats.class_freq), stats.num_samples, **cfg.loss_args)
+        return build_loss(cfg.loss.name, torch.as_tensor(stats.class_freq), stats.num_samples, **cfg.loss.args)
     except TypeError as e:  # build_loss's documented error for an argument the loss does not take: the recipe's
         raise UsageError(f"loss_args: {e}") from e
 
@@ -402,9 +376,9 @@ def _build_loss(cfg: TrainConfig, stats: LabelStats) -> nn.Module:
 def _log_model(model: nn.Module, cfg: TrainConfig) -> None:
     n_frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
-    origin = f"weights={cfg.weights}" if is_pretrained(cfg.weights) else "from scratch (weights=none)"
-    log.info("model: %s, %s; frozen stages: %d (%d of %d parameters frozen)", cfg.backbone, origin,
-             resolve_frozen_stages(cfg.frozen_stages, cfg.weights), n_frozen, n_all)
+    origin = f"weights={cfg.model.weights}" if is_pretrained(cfg.model.weights) else "from scratch (weights=none)"
+    log.info("model: %s, %s; frozen stages: %d (%d of %d parameters frozen)", cfg.model.backbone, origin,
+             resolve_frozen_stages(cfg.model.frozen_stages, cfg.model.weights), n_frozen, n_all)
 
 
 def _wrap(model: nn.Module, cfg: TrainConfig, env: DistEnv, device: torch.device) -> nn.Module:
@@ -412,7 +386,7 @@ def _wrap(model: nn.Module, cfg: TrainConfig, env: DistEnv, device: torch.device
     net: nn.Module = model
     if env.distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    return torch.compile(net) if cfg.compile else net
+    return torch.compile(net) if cfg.run.compile else net
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,7 +403,7 @@ def predict(model: nn.Module, ds: Any, cfg: TrainConfig, device: torch.device, e
                     len(ds), env.world_size)
     model.eval()
     idx_parts, score_parts = [], []
-    for x, _, idx in _loader(ds, cfg.eval_batch_size, sampler, cfg, device):
+    for x, _, idx in _loader(ds, cfg.eval.batch_size, sampler, cfg, device):
         with _autocast(cfg, device):
             logits = model(_inputs(x, cfg, device))
         score_parts.append(torch.sigmoid(logits.float()).cpu())
@@ -464,18 +438,18 @@ def select_threshold(scores: torch.Tensor, targets: torch.Tensor, search: list[f
 def validation_scores(model: nn.Module, data: DataBundle, cfg: TrainConfig, device: torch.device,
                       env: DistEnv) -> dict[str, Any]:
     """Micro/macro-F1 on the validation split at the threshold the run will use (searched on it when
-    ``threshold_search`` is set, else ``cfg.threshold``): what recipes and epochs are chosen on.
+    ``threshold_search`` is set, else ``cfg.eval.threshold``): what recipes and epochs are chosen on.
     Also the per-class thresholds chosen on it (:func:`dbloss.thresholds.per_class_thresholds`,
     the global one for classes with fewer than ``min_val_positives`` validation positives)."""
     val_scores, val_targets = evaluate(model, data.val, device, cfg, env)
-    threshold = cfg.threshold
-    if cfg.threshold_search:
-        threshold = select_threshold(val_scores, val_targets, cfg.threshold_search)
+    threshold = cfg.eval.threshold
+    if cfg.eval.threshold_search:
+        threshold = select_threshold(val_scores, val_targets, cfg.eval.threshold_search)
     f1 = f1_scores(val_scores, val_targets, threshold=threshold)
     with warnings.catch_warnings():  # a small hold-out may lack a rare class: its AP is left out (NaN)
         warnings.simplefilter("ignore")
         val_map = float(mean_average_precision(val_scores, val_targets)["total"])
-    per_class = per_class_thresholds(val_scores, val_targets, fallback=threshold, min_positives=cfg.min_val_positives)
+    per_class = per_class_thresholds(val_scores, val_targets, fallback=threshold, min_positives=cfg.eval.min_val_positives)
     return {"micro_f1": float(f1["micro_f1"]), "macro_f1": float(f1["macro_f1"]), "mAP": val_map,
             "threshold": threshold, "per_class_thresholds": per_class.tolist()}
 
@@ -502,25 +476,23 @@ def result_record(scores: torch.Tensor, targets: torch.Tensor, stats: LabelStats
     if class_thresholds is not None:
         res["per_class_thresholds"] = {"thresholds": list(class_thresholds),
                                        **_f1_record(scores, targets, stats, class_thresholds)}
-    res.update(name=cfg.name, loss=cfg.loss, sampler=sampling_label(cfg), dataset=cfg.dataset,
+    res.update(name=cfg.run.name, loss=cfg.loss.name, sampler=sampling_label(cfg), dataset=cfg.data.dataset,
                class_names=stats.class_names, train_class_freq=stats.class_freq.tolist(), split=stats.split,
-               epochs=cfg.epochs, seed=cfg.seed,
+               epochs=cfg.schedule.epochs, seed=cfg.run.seed,
                num_train=int(stats.num_samples), num_test=len(targets))
     return res
 
 
 def sampling_label(cfg: TrainConfig) -> str:
-    """How a run samples its training data, for tables: the sampler, BBN's two (``random + reversed``),
-    or the two stages' (``random, then class-aware``).
+    """How a run samples its training data, for tables (:meth:`dbloss.methods.Method.sampling_label`):
+    the sampler, BBN's two (``random + reversed``), or the two stages' (``random, then class-aware``).
 
-    >>> sampling_label(TrainConfig(head="bbn", sampler="random")), sampling_label(TrainConfig(sampler="random"))
-    ('random + reversed', 'random')
+    >>> sampling_label(load_config(None, ["method.name=bbn", "sampler.name=random"]))
+    'random + reversed'
+    >>> sampling_label(load_config(None, ["sampler.name=random"]))
+    'random'
     """
-    if cfg.head == "bbn":
-        return f"{cfg.sampler} + {cfg.bbn_sampler}"
-    if cfg.stage2_epochs > 0:
-        return f"{cfg.sampler}, then {cfg.stage2_sampler}"
-    return cfg.sampler
+    return create_method(cfg.method).sampling_label(cfg)
 
 
 def _test(model: nn.Module, data: DataBundle, stats: LabelStats, cfg: TrainConfig, device: torch.device,
@@ -530,7 +502,7 @@ def _test(model: nn.Module, data: DataBundle, stats: LabelStats, cfg: TrainConfi
     if val is None and data.val is not None:
         val = validation_scores(model, data, cfg, device, env)
     scores, targets = evaluate(model, data.test, device, cfg, env)
-    res = result_record(scores, targets, stats, cfg, cfg.threshold if val is None else val["threshold"],
+    res = result_record(scores, targets, stats, cfg, cfg.eval.threshold if val is None else val["threshold"],
                         None if val is None else val.get("per_class_thresholds"))
     if val is not None:
         res["val"] = val
@@ -617,12 +589,12 @@ def _check_health(model: nn.Module, data: DataBundle, cfg: TrainConfig, device: 
                   state: _TrainState, runlog: _RunLog, val: dict[str, Any] | None) -> None:
     """After an epoch (:mod:`dbloss.training.health`): a collapsed model stops the run (``health=stop``) or is
     warned about; a loss that does not fall and a validation mAP at chance are warned about."""
-    if cfg.health == "off":
+    if cfg.run.health == "off":
         return
-    advice = {"lr": cfg.lr, "optimizer": cfg.optimizer, "weight_decay": cfg.weight_decay}
+    advice = {"lr": cfg.optim.lr, "optimizer": cfg.optim.name, "weight_decay": cfg.optim.weight_decay}
     collapsed = collapse_message(_probe_scores(model, data, cfg, device), epoch=state.epoch, **advice)
     if collapsed is not None:
-        if cfg.health == "stop":
+        if cfg.run.health == "stop":
             runlog.write(type="health", kind="collapse", epoch=state.epoch, message=collapsed)
             raise TrainingCollapsedError(f"{collapsed} (health=warn goes on training instead)")
         _report_health("collapse", collapsed, state, runlog, env)
@@ -636,8 +608,8 @@ def _check_health(model: nn.Module, data: DataBundle, cfg: TrainConfig, device: 
 def _check_chance(val_map: float, data: DataBundle, cfg: TrainConfig, state: _TrainState, runlog: _RunLog,
                   env: DistEnv) -> None:
     """Warn when the validation mAP is at chance level (:func:`dbloss.training.health.chance_message`)."""
-    at_chance = chance_message(val_map, chance_map(_targets(data.val)), epoch=state.epoch, lr=cfg.lr,
-                               optimizer=cfg.optimizer, weight_decay=cfg.weight_decay)
+    at_chance = chance_message(val_map, chance_map(_targets(data.val)), epoch=state.epoch, lr=cfg.optim.lr,
+                               optimizer=cfg.optim.name, weight_decay=cfg.optim.weight_decay)
     if at_chance is not None:
         _report_health("chance", at_chance, state, runlog, env)
 
@@ -649,31 +621,10 @@ def _raise_if_non_finite(first_bad: torch.Tensor, epoch: int, checkpoint: Path, 
         last = str(checkpoint) if checkpoint.is_file() else "none (no epoch has finished yet)"
         raise NonFiniteLossError(f"non-finite loss ({value}) at epoch {epoch + 1}, iteration {int(it)} (global); "
                                  f"last good checkpoint: {last}; "
-                                 f"{non_finite_advice(cfg.lr, cfg.optimizer, cfg.grad_clip)}")
+                                 f"{non_finite_advice(cfg.optim.lr, cfg.optim.name, cfg.optim.grad_clip)}")
 
 
-def _step_loss(net: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
-               device: torch.device, epoch: int) -> torch.Tensor:
-    """The training loss of one batch (the model under autocast, the loss in float32): the recipe's
-    loss on the model's logits; for ``head: bbn`` BBN's mix of its branches and of its two batches
-    (x (B, 2, ...), y (B, 2, C), :func:`dbloss.methods.bbn.bbn_loss`); for ``head: oltr`` plus the weighted
-    discriminative centroid loss that the model returns (0 in stage 1)."""
-    y = y.to(device, non_blocking=True)
-    if cfg.head == "bbn":
-        alpha = cumulative_alpha(epoch, cfg.epochs)
-        with _autocast(cfg, device):
-            logits = net(_inputs(x[:, 0], cfg, device), _inputs(x[:, 1], cfg, device), alpha=alpha)
-        return bbn_loss(loss_fn, logits.float(), y[:, 0], y[:, 1], alpha)
-    if cfg.head == "oltr":
-        with _autocast(cfg, device):
-            logits, centroid_loss = net(_inputs(x, cfg, device), targets=y)
-        return loss_fn(logits.float(), y) + cfg.oltr_centroid_weight * centroid_loss.float()
-    with _autocast(cfg, device):
-        logits = net(_inputs(x, cfg, device))
-    return loss_fn(logits.float(), y)
-
-
-def train_one_epoch(net: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
+def train_one_epoch(net: nn.Module, method: Method, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, loader: DataLoader, cfg: TrainConfig, device: torch.device,
                     env: DistEnv, epoch: int, it: int, runlog: _RunLog, *, checkpoint: Path,
                     show: bool = False) -> tuple[int, dict[str, Any]]:
@@ -691,12 +642,12 @@ def train_one_epoch(net: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.O
     acc = torch.float32 if device.type == "mps" else torch.float64  # sums as the host's floats (no float64 on MPS)
     loss_sum = torch.zeros((), dtype=acc, device=device)
     first_bad = torch.tensor([-1.0, 0.0], dtype=acc, device=device)  # (iteration, loss) of the first non-finite loss
-    bar = _batches(loader, show, f"epoch {epoch + 1}/{cfg.epochs}")
+    bar = _batches(loader, show, f"epoch {epoch + 1}/{cfg.schedule.epochs}")
     for x, y, _ in bar:
         lr = get_lr(cfg, it, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = _step_loss(net, loss_fn, x, y, cfg, device, epoch)
+        loss = method.step_loss(net, loss_fn, x, y.to(device, non_blocking=True), cfg, device, epoch)
         value = loss.detach()
         if env.distributed:
             torch.distributed.all_reduce(value)
@@ -705,14 +656,14 @@ def train_one_epoch(net: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.O
         first_bad = torch.where(new_bad, torch.stack([torch.full_like(loss_sum, it), value.to(acc)]), first_bad)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        if cfg.grad_clip:
+        if cfg.optim.grad_clip:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
         scaler.step(optimizer)
         scaler.update()
         loss_sum += value.to(acc)
         n_it += 1
-        if it % cfg.log_interval == 0:  # the one host synchronisation of the step (nanoGPT keeps the same)
+        if it % cfg.run.log_interval == 0:  # the one host synchronisation of the step (nanoGPT keeps the same)
             _raise_if_non_finite(first_bad, epoch, checkpoint, cfg)
             value_f = float(value)
             if show and hasattr(bar, "set_postfix"):
@@ -756,20 +707,27 @@ def _read_checkpoint(path: str | Path, keys: tuple[str, ...],
     return ckpt
 
 
-def _read_resume(src: Path, cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
-    """The checkpoint to resume from, checked against ``cfg`` before anything is written."""
+def _dotted(cfg: TrainConfig, key: str) -> Any:
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def _read_resume(src: Path, cfg: TrainConfig, method: Method, device: torch.device) -> dict[str, Any]:
+    """The checkpoint to resume from, checked against ``cfg`` before anything is written: the keys of
+    :data:`_RESUME_KEYS` and what the method says a checkpoint of its stage must share
+    (:meth:`dbloss.methods.Method.resume_keys`). A checkpoint from before the sections is converted."""
     ckpt = _read_checkpoint(src, ("model", "optimizer", "scaler", "epoch", "iteration", "rng", "config"), device)
-    # checkpoints from before an option have its default (SGD, the linear head, one stage)
-    saved_cfg = {"optimizer": "sgd", "head": "linear", "decoupling": "none", "bbn_sampler": "reversed",
-                 **ckpt["config"]}
+    saved_cfg = load_config(None, base=ckpt["config"])
     for key in _RESUME_KEYS:
-        if saved_cfg.get(key) != getattr(cfg, key):
-            raise UsageError(f"--resume: checkpoint {src} was trained with {key}={saved_cfg.get(key)!r}, "
-                             f"but this run has {key}={getattr(cfg, key)!r}")
-    # a stage-1 checkpoint may go on into any stage 2 (e.g. cRT after a finished ERM run); a stage-2 one only its own
-    if ckpt.get("stage", 1) == 2 and saved_cfg["decoupling"] != cfg.decoupling:
-        raise UsageError(f"--resume: checkpoint {src} is in stage 2 of decoupling={saved_cfg['decoupling']!r}, "
-                         f"but this run has decoupling={cfg.decoupling!r}")
+        if _dotted(saved_cfg, key) != _dotted(cfg, key):
+            raise UsageError(f"--resume: checkpoint {src} was trained with {key}={_dotted(saved_cfg, key)!r}, "
+                             f"but this run has {key}={_dotted(cfg, key)!r}")
+    stage = ckpt.get("stage", 1)
+    saved = create_method(saved_cfg.method).resume_keys(stage)
+    for key, value in method.resume_keys(stage).items():
+        if saved.get(key) != value:
+            raise UsageError(f"--resume: checkpoint {src} (stage {stage}) was trained with {key}={saved.get(key)!r}, "
+                             f"but this run has {key}={value!r}")
     return ckpt
 
 
@@ -813,28 +771,28 @@ def _start_run_dir(out: Path, cfg: TrainConfig, fresh: bool) -> None:
 
 def _validate_epoch(model: nn.Module, data: DataBundle, stats: LabelStats, cfg: TrainConfig, device: torch.device,
                     env: DistEnv, state: _TrainState, runlog: _RunLog, best_path: Path) -> dict[str, Any]:
-    """keep_best: validate the epoch just trained and save it as ``best.pt`` when its ``cfg.monitor``
+    """keep_best: validate the epoch just trained and save it as ``best.pt`` when its ``cfg.eval.monitor``
     (validation mAP or micro-F1) is the best so far; returns the epoch's validation scores."""
     val = validation_scores(model, data, cfg, device, env)
     runlog.write(type="val", epoch=state.epoch, **val)
-    if val[cfg.monitor] > state.best.get(cfg.monitor, -1.0):  # ties keep the earlier epoch
+    if val[cfg.eval.monitor] > state.best.get(cfg.eval.monitor, -1.0):  # ties keep the earlier epoch
         state.best = {"epoch": state.epoch, **val}
         if env.is_main:  # evaluate_checkpoint reads this file as it reads checkpoint.pt
             save_checkpoint(best_path, {"model": model.state_dict(), "epoch": state.epoch, "val": val,
                                         "config": cfg.to_dict(), "label_stats": stats.to_dict()})
     if env.is_main:
-        log.info("epoch %d/%d: validation %s %.4f (best: epoch %d, %.4f)", state.epoch, cfg.epochs, cfg.monitor,
-                 val[cfg.monitor], state.best["epoch"], state.best[cfg.monitor])
+        log.info("epoch %d/%d: validation %s %.4f (best: epoch %d, %.4f)", state.epoch, cfg.schedule.epochs, cfg.eval.monitor,
+                 val[cfg.eval.monitor], state.best["epoch"], state.best[cfg.eval.monitor])
     return val
 
 
 def _stops_early(cfg: TrainConfig, state: _TrainState, runlog: _RunLog, env: DistEnv) -> bool:
-    """patience: no better validation ``cfg.monitor`` for ``patience`` epochs (every rank sees the same scores)."""
-    if not (cfg.patience and state.epoch - state.best["epoch"] >= cfg.patience):
+    """patience: no better validation ``cfg.eval.monitor`` for ``patience`` epochs (every rank sees the same scores)."""
+    if not (cfg.eval.patience and state.epoch - state.best["epoch"] >= cfg.eval.patience):
         return False
     if env.is_main:
         log.info("early stop after epoch %d: no better validation %s for %d epochs (best: epoch %d)",
-                 state.epoch, cfg.monitor, cfg.patience, state.best["epoch"])
+                 state.epoch, cfg.eval.monitor, cfg.eval.patience, state.best["epoch"])
     runlog.write(type="early_stop", epoch=state.epoch, best_epoch=state.best["epoch"])
     return True
 
@@ -842,12 +800,12 @@ def _stops_early(cfg: TrainConfig, state: _TrainState, runlog: _RunLog, env: Dis
 def _best_validated(model: nn.Module, cfg: TrainConfig, state: _TrainState, best_path: Path, device: torch.device,
                     env: DistEnv) -> dict[str, float] | None:
     """keep_best: load the best validated epoch into ``model``; its validation scores (no second pass)."""
-    if not (cfg.keep_best and state.best["epoch"] > 0):
+    if not (cfg.eval.keep_best and state.best["epoch"] > 0):
         return None
     model.load_state_dict(load_checkpoint(best_path, map_location=device)["model"])
     if env.is_main:
-        log.info("testing epoch %d, the best on validation (%s %.4f)", state.best["epoch"], cfg.monitor,
-                 state.best[cfg.monitor])
+        log.info("testing epoch %d, the best on validation (%s %.4f)", state.best["epoch"], cfg.eval.monitor,
+                 state.best[cfg.eval.monitor])
     return {k: state.best[k] for k in ("micro_f1", "macro_f1", "mAP", "threshold", "per_class_thresholds")
             if k in state.best}
 
@@ -856,10 +814,10 @@ def _open_run(cfg: TrainConfig, env: DistEnv, device: torch.device, resume: bool
               overwrite: bool) -> dict[str, Any] | None:
     """Check the run folder, read the checkpoint to resume from (None for a fresh run), then
     (rank 0) create the folder, save the configuration and generate the data that needs it."""
-    out = Path(cfg.out_dir)
+    out = Path(cfg.run.out_dir)
     src = _resume_source(out, resume)
     _check_run_dir(out, resume=src is not None, overwrite=overwrite)
-    ckpt = _read_resume(src, cfg, device) if src is not None else None
+    ckpt = _read_resume(src, cfg, create_method(cfg.method), device) if src is not None else None
     if env.is_main:
         _start_run_dir(out, cfg, fresh=ckpt is None)
         prepare_data(cfg)  # the explicit generation step (the demo images), once, on rank 0
@@ -883,12 +841,12 @@ def _store_thresholds(out: Path, res: dict[str, Any]) -> None:
 def _finish(model: nn.Module, data: DataBundle, stats: LabelStats, cfg: TrainConfig, device: torch.device,
             env: DistEnv, state: _TrainState, runlog: _RunLog) -> dict[str, Any]:
     """Test the trained (or best validated) model and write the run's results (rank 0)."""
-    out = Path(cfg.out_dir)
+    out = Path(cfg.run.out_dir)
     best_val = _best_validated(model, cfg, state, out / "best.pt", device, env)
     res, scores, targets = _test(model, data, stats, cfg, device, env, val=best_val)
-    if cfg.keep_best:
+    if cfg.eval.keep_best:
         res["best_epoch"], res["epochs_run"] = state.best["epoch"], state.epoch
-    if best_val is None and "val" in res and cfg.health != "off":  # the final model, on the validation split
+    if best_val is None and "val" in res and cfg.run.health != "off":  # the final model, on the validation split
         _check_chance(res["val"]["mAP"], data, cfg, state, runlog, env)
     res["health"] = list(state.health.values())
     if env.is_main:
@@ -922,33 +880,34 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, overwrite: bool = Fal
         test: ``False`` trains without touching the test split (a tuning trial) and returns
             ``{"best": the best validated epoch and its scores, "epochs_run", "health"}``.
     """
-    env = init_distributed(cfg.device)
-    device = resolve_device(cfg.device, env)
-    out, ckpt_path, best_path = Path(cfg.out_dir), Path(cfg.out_dir) / "checkpoint.pt", Path(cfg.out_dir) / "best.pt"
+    env = init_distributed(cfg.run.device)
+    device = resolve_device(cfg.run.device, env)
+    out = Path(cfg.run.out_dir)
+    ckpt_path, best_path = out / "checkpoint.pt", out / "best.pt"
     ckpt = _open_run(cfg, env, device, resume, overwrite)
-    torch.manual_seed(cfg.seed)  # the entry point of a run seeds once; library parts use their own generators
+    torch.manual_seed(cfg.run.seed)  # the entry point of a run seeds once; library parts use their own generators
     data, stats, model = build(cfg, device, env, progress=progress)
+    method = create_method(cfg.method)  # the hooks of the recipe's method (dbloss.methods); no branch on its name
     if env.is_main:
         stats.save(out / "label_stats.json")
         if data.input_type == "image":
             _log_model(model, cfg)
     loss_fn = _build_loss(cfg, stats).to(device)
-    stages = training_stages(cfg)  # one stage, or decoupling's two (dbloss.methods.decoupling)
+    stages = method.stages(cfg)  # one stage, or two (decoupling's classifier stage, OLTR's memory stage)
     optimizer = build_optimizer(trainable_parameters(model), cfg)
-    if ckpt is not None and ckpt.get("stage", 1) == 2:  # a stage-2 checkpoint: the model and optimiser of stage 2
-        optimizer = _enter_stage2(model, stages[1].cfg, optimizer, fresh=False)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    if ckpt is not None and ckpt.get("stage", 1) > 1:  # a later stage's checkpoint: that stage's model and optimiser
+        optimizer = _enter_stage(method, model, stages[ckpt["stage"] - 1], optimizer, fresh=False)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.run.amp == "fp16")
     state = _TrainState() if ckpt is None else _restore(ckpt, model, optimizer, scaler, device)
-    runlog = _RunLog(out, env, cfg.tensorboard)
+    runlog = _RunLog(out, env, cfg.run.tensorboard)
     for stage in stages[state.stage - 1:]:
-        if stage.number > state.stage:  # the boundary: decoupling's classifier stage or OLTR's memory stage
-            centroids = _oltr_centroids(model, data, cfg, device, env) if cfg.head == "oltr" else None
-            optimizer = _enter_stage2(model, stage.cfg, optimizer, fresh=True, centroids=centroids)
+        if stage.number > state.stage:  # a stage boundary (the method says what changes)
+            context = _stage_context(model, data, cfg, device, env)
+            optimizer = _enter_stage(method, model, stage, optimizer, fresh=True, context=context)
             state.stage = stage.number
-            method = "oltr" if cfg.head == "oltr" else cfg.decoupling
-            runlog.write(type="stage", stage=stage.number, method=method, epoch=state.epoch)
+            runlog.write(type="stage", stage=stage.number, method=stage.label, epoch=state.epoch)
             if env.is_main:
-                log.info("stage 2 (%s): %d of %d parameters trained", method,
+                log.info("stage %d (%s): %d of %d parameters trained", stage.number, stage.label,
                          sum(p.numel() for p in trainable_parameters(model)),
                          sum(p.numel() for p in model.parameters()))
                 save_checkpoint(ckpt_path, _training_checkpoint(model, optimizer, scaler, state, cfg, stats, device))
@@ -957,14 +916,14 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, overwrite: bool = Fal
             continue
         scfg = stage.cfg
         net = _wrap(model, scfg, env, device)
-        sampler, loader_gen, loader = _train_loader(scfg, data, env, device)
+        sampler, loader_gen, loader = _train_loader(scfg, method, data, env, device)
         state.losses = []
-        for epoch in range(state.epoch - stage.first_epoch, scfg.epochs):  # epochs counted within the stage
-            if cfg.patience and state.best["epoch"] and epoch - state.best["epoch"] >= cfg.patience:
+        for epoch in range(state.epoch - stage.first_epoch, scfg.schedule.epochs):  # epochs counted within the stage
+            if cfg.eval.patience and state.best["epoch"] and epoch - state.best["epoch"] >= cfg.eval.patience:
                 break  # resumed after an early stop
             sampler.set_epoch(stage.first_epoch + epoch)
-            loader_gen.manual_seed(cfg.seed + stage.first_epoch + epoch)  # worker seeds for this epoch
-            state.iteration, summary = train_one_epoch(net, loss_fn, optimizer, scaler, loader, scfg, device, env,
+            loader_gen.manual_seed(cfg.run.seed + stage.first_epoch + epoch)  # worker seeds for this epoch
+            state.iteration, summary = train_one_epoch(net, method, loss_fn, optimizer, scaler, loader, scfg, device, env,
                                                        epoch, state.iteration, runlog, checkpoint=ckpt_path,
                                                        show=progress and env.is_main)
             state.epoch = stage.first_epoch + epoch + 1
@@ -972,9 +931,9 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, overwrite: bool = Fal
             runlog.write(**summary, **({"stage": stage.number} if len(stages) > 1 else {}))
             if env.is_main:
                 log.info("%sepoch %d/%d: loss %.4f (%d iterations, %.1f s)", f"stage {stage.number} " if len(stages) > 1
-                         else "", epoch + 1, scfg.epochs, summary["loss"], summary["iterations"], summary["seconds"])
+                         else "", epoch + 1, scfg.schedule.epochs, summary["loss"], summary["iterations"], summary["seconds"])
             val = _validate_epoch(model, data, stats, cfg, device, env, state, runlog, best_path) \
-                if cfg.keep_best else None
+                if cfg.eval.keep_best else None
             _check_health(model, data, scfg, device, env, state, runlog, val)
             if env.is_main:
                 save_checkpoint(ckpt_path, _training_checkpoint(model, optimizer, scaler, state, cfg, stats, device))
@@ -984,47 +943,39 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, overwrite: bool = Fal
             if _stops_early(cfg, state, runlog, env):
                 break
     if not test:  # a tuning trial: the best validated epoch, or the last one scored on validation
-        best = state.best if cfg.keep_best or data.val is None else \
+        best = state.best if cfg.eval.keep_best or data.val is None else \
             {"epoch": state.epoch, **validation_scores(model, data, cfg, device, env)}
         runlog.close()
         return {"best": best, "epochs_run": state.epoch, "health": list(state.health.values())}
     return _finish(model, data, stats, cfg, device, env, state, runlog)
 
 
-def _enter_stage2(model: nn.Module, stage_cfg: TrainConfig, optimizer: torch.optim.Optimizer, *, fresh: bool,
-                  centroids: torch.Tensor | None = None) -> torch.optim.Optimizer:
-    """The model in its stage 2 and the stage's optimiser over what it trains: decoupling's
-    classifier (:func:`dbloss.methods.decoupling.enter_stage2`; tau-norm trains nothing: the stage-1
-    optimiser is kept, unused) or OLTR's whole model with its memory, ``centroids`` (C, D)
-    (:func:`dbloss.methods.oltr.enter_memory_stage`). ``fresh``: the stage boundary of a run; False when
-    the model will receive the weights of a stage-2 checkpoint (resume)."""
-    if stage_cfg.head == "oltr":
-        enter_memory_stage(model, centroids if fresh else None)
-    else:
-        enter_stage2(model, stage_cfg, fresh=fresh)
+def _enter_stage(method: Method, model: nn.Module, stage: Stage, optimizer: torch.optim.Optimizer, *, fresh: bool,
+                 context: StageContext | None = None) -> torch.optim.Optimizer:
+    """The model in ``stage`` (:meth:`dbloss.methods.Method.enter_stage`) and the stage's optimiser over
+    what it trains (a stage that trains nothing, tau-norm's, keeps the previous optimiser, unused).
+    ``fresh``: the stage boundary of a run; False when the model will receive the weights of a
+    checkpoint of that stage (resume)."""
+    method.enter_stage(model, stage, fresh=fresh, context=context)
     params = trainable_parameters(model)
-    return build_optimizer(params, stage_cfg) if params else optimizer
+    return build_optimizer(params, stage.cfg) if params else optimizer
 
 
-@torch.no_grad()
-def _oltr_centroids(model: nn.Module, data: DataBundle, cfg: TrainConfig, device: torch.device,
-                    env: DistEnv) -> torch.Tensor:
-    """OLTR's memory: (C, D) the mean direct feature of each class's training samples (multi-label:
-    a sample counts for each of its classes), with the evaluation transform, the model in eval
-    mode; every rank sums its share of the training set and the sums are all-reduced."""
-    ds = eval_view(data.train, cfg)
-    shard = torch.utils.data.Subset(ds, range(env.rank, len(ds), env.world_size))
-    model.eval()
-    sums = counts = None
-    for x, y, _ in _loader(shard, cfg.eval_batch_size, None, cfg, device):
-        s, n = class_centroids(model.direct_features(_inputs(x, cfg, device)).float(), y.to(device))
-        sums, counts = (s, n) if sums is None else (sums + s, counts + n)
-    if env.distributed:
-        torch.distributed.all_reduce(sums)
-        torch.distributed.all_reduce(counts)
-    if env.is_main and bool((counts == 0).any()):
-        log.warning("OLTR: %d classes have no training sample: their centroids are 0", int((counts == 0).sum()))
-    return sums / counts.clamp_min(1)[:, None]
+def _stage_context(model: nn.Module, data: DataBundle, cfg: TrainConfig, device: torch.device,
+                   env: DistEnv) -> StageContext:
+    """What a method may read at a stage boundary: this rank's share of the training set with the
+    evaluation transform, as ``(x, y)`` on ``device``, and a sum over the ranks."""
+    def train_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        ds = eval_view(data.train, cfg)
+        shard = torch.utils.data.Subset(ds, range(env.rank, len(ds), env.world_size))
+        for x, y, _ in _loader(shard, cfg.eval.batch_size, None, cfg, device):
+            yield _inputs(x, cfg, device), y.to(device)
+
+    def all_reduce(t: torch.Tensor) -> None:
+        if env.distributed:
+            torch.distributed.all_reduce(t)
+
+    return StageContext(train_batches, all_reduce, env.is_main)
 
 
 def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, overrides: list[str] | None = None,
@@ -1034,9 +985,9 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, overrides: 
     The file is read as data (``weights_only=True``): one that would run code is refused."""
     ckpt = _read_checkpoint(checkpoint, ("model", "config", "label_stats"))
     cfg = load_config(None, list(overrides or []), base=ckpt["config"])
-    cfg.out_dir = str(out_dir)
-    env = init_distributed(cfg.device)
-    device = resolve_device(cfg.device, env)
+    cfg.run.out_dir = str(out_dir)
+    env = init_distributed(cfg.run.device)
+    device = resolve_device(cfg.run.device, env)
     if env.is_main:
         prepare_data(cfg)
     barrier(env)

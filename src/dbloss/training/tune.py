@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from dbloss.config import TrainConfig, load_config
+from dbloss.methods import create_method
 from dbloss.errors import TrainingFailedError, UsageError
 from dbloss.files import write_json, write_text
 
@@ -66,7 +67,7 @@ DEFAULT_PATIENCE = 5
 
 @dataclass(frozen=True)
 class Param:
-    """One searched setting: a configuration key (``loss_args.mu`` style), its range or choices,
+    """One searched setting: a configuration key (``loss.args.mu`` style), its range or choices,
     and the recipe's own value (the first trial's)."""
 
     key: str
@@ -82,14 +83,19 @@ class Param:
         return trial.suggest_float(self.key, self.low, self.high, log=self.log)
 
 
+def _cfg(overrides: Sequence[str]) -> TrainConfig:
+    """(The examples' configurations.)"""
+    return load_config(None, overrides)
+
+
 def _loss_term(cfg: TrainConfig, name: str) -> float:
     """The value a recipe's loss uses for a DB term: its ``loss_args``, else the loss's default."""
     from dbloss.losses.factory import _RECIPES
     from dbloss.losses.reference import DBParams
 
-    if name in cfg.loss_args:
-        return float(cfg.loss_args[name])
-    return float(_RECIPES[cfg.loss].defaults.get(name, getattr(DBParams(), name)))
+    if name in cfg.loss.args:
+        return float(cfg.loss.args[name])
+    return float(_RECIPES[cfg.loss.name].defaults.get(name, getattr(DBParams(), name)))
 
 
 def _span(key: str, low: float, high: float, log_scale: bool, initial: float) -> Param:
@@ -104,18 +110,18 @@ def search_space(cfg: TrainConfig, input_type: str) -> list[Param]:
     one hidden layer of :data:`MLP_WIDTH`), and the DB family's scale-sensitive terms
     (:data:`DB_TERMS`). The sampler (the recipe's identity: RS vs ERM) and the loss are not searched.
 
-    >>> [p.key for p in search_space(TrainConfig(loss="db-focal"), "features")]
-    ['lr', 'weight_decay', 'neck_dim', 'loss_args.mu', 'loss_args.neg_scale', 'loss_args.init_bias']
-    >>> [p.key for p in search_space(TrainConfig(loss="bce"), "image")]
-    ['lr', 'weight_decay']
+    >>> [p.key for p in search_space(load_config(None, ["loss.name=db-focal"]), "features")]
+    ['optim.lr', 'optim.weight_decay', 'model.neck_dim', 'loss.args.mu', 'loss.args.neg_scale', 'loss.args.init_bias']
+    >>> [p.key for p in search_space(load_config(None, ["loss.name=bce"]), "image")]
+    ['optim.lr', 'optim.weight_decay']
     """
-    space = [_span("lr", cfg.lr / 30, cfg.lr * 30, True, cfg.lr),
-             _span("weight_decay", 1e-6, 1e-2, True, max(cfg.weight_decay, 1e-6))]
-    if input_type == "features" and cfg.head == "linear":
-        space.append(Param("neck_dim", choices=(0, MLP_WIDTH), initial=0 if cfg.neck_dim == 0 else MLP_WIDTH))
-    for name in DB_TERMS.get(cfg.loss, ()):
+    space = [_span("optim.lr", cfg.optim.lr / 30, cfg.optim.lr * 30, True, cfg.optim.lr),
+             _span("optim.weight_decay", 1e-6, 1e-2, True, max(cfg.optim.weight_decay, 1e-6))]
+    if input_type == "features" and create_method(cfg.method).network_name == "plain":  # a linear classifier
+        space.append(Param("model.neck_dim", choices=(0, MLP_WIDTH), initial=0 if cfg.model.neck_dim == 0 else MLP_WIDTH))
+    for name in DB_TERMS.get(cfg.loss.name, ()):
         low, high, log_scale = _TERM_RANGES[name]
-        space.append(_span(f"loss_args.{name}", low, high, log_scale, _loss_term(cfg, name)))
+        space.append(_span(f"loss.args.{name}", low, high, log_scale, _loss_term(cfg, name)))
     return space
 
 
@@ -128,37 +134,37 @@ def _overrides(values: dict[str, Any]) -> list[str]:
 def trial_config(cfg: TrainConfig, values: dict[str, Any], out_dir: Path) -> TrainConfig:
     """A trial: ``cfg`` with ``values``, a validation split, the best validated epoch kept (by mAP),
     early stopping where the recipe has none, in ``out_dir``; no TensorBoard."""
-    extra: dict[str, Any] = {"val_size": cfg.val_size or DEFAULT_VAL_FRACTION, "out_dir": str(out_dir),
-                             "tensorboard": False, "monitor": "mAP", "keep_best": not _two_stage(cfg),
-                             "patience": trial_patience(cfg)}
+    extra: dict[str, Any] = {"data.val_size": cfg.data.val_size or DEFAULT_VAL_FRACTION,
+                             "run.out_dir": str(out_dir), "run.tensorboard": False, "eval.monitor": "mAP",
+                             "eval.keep_best": not _two_stage(cfg), "eval.patience": trial_patience(cfg)}
     return load_config(None, _overrides({**values, **extra}), base=cfg.to_dict())
 
 
 def _two_stage(cfg: TrainConfig) -> bool:
-    return cfg.decoupling != "none" or cfg.head == "oltr"  # keep_best spans one stage only
+    return len(create_method(cfg.method).stages(cfg)) > 1  # keep_best spans one stage only
 
 
 def trial_patience(cfg: TrainConfig) -> int:
     """The early-stopping patience of a trial of ``cfg``: the recipe's, or :data:`DEFAULT_PATIENCE`
     where it has none and runs more than twice as many epochs (0 for two-stage methods).
 
-    >>> trial_patience(TrainConfig(epochs=8)), trial_patience(TrainConfig(epochs=100))
+    >>> trial_patience(_cfg(["schedule.epochs=8"])), trial_patience(_cfg(["schedule.epochs=100"]))
     (0, 5)
-    >>> trial_patience(TrainConfig(epochs=100, keep_best=True, patience=3, val_size=10))
+    >>> trial_patience(_cfg(["schedule.epochs=100", "eval.keep_best=true", "eval.patience=3", "data.val_size=10"]))
     3
     """
     if _two_stage(cfg):
         return 0
-    if cfg.patience:
-        return cfg.patience
-    return DEFAULT_PATIENCE if cfg.epochs > 2 * DEFAULT_PATIENCE else 0
+    if cfg.eval.patience:
+        return cfg.eval.patience
+    return DEFAULT_PATIENCE if cfg.schedule.epochs > 2 * DEFAULT_PATIENCE else 0
 
 
 def _cut_schedule(cfg: TrainConfig, epochs: int) -> list[float]:
-    """``cfg.lr_steps`` for a run of ``epochs`` that follows ``cfg``'s schedule up to that epoch: the
+    """``cfg.schedule.lr_steps`` for a run of ``epochs`` that follows ``cfg``'s schedule up to that epoch: the
     decays that fell before it, as fractions of the shorter run.
 
-    >>> _cut_schedule(TrainConfig(epochs=8, lr_steps=[0.625, 0.875]), 6)  # decays at epochs 5 and 7
+    >>> _cut_schedule(_cfg(["schedule.epochs=8", "schedule.lr_steps=[0.625, 0.875]"]), 6)  # decays at 5, 7
     [0.8333333333333334]
     """
     from dbloss.training.engine import lr_step_epochs
@@ -170,13 +176,13 @@ def final_config(cfg: TrainConfig, values: dict[str, Any], best: dict[str, Any],
     """The final run: ``cfg`` with the best trial's ``values``, trained on all training samples
     (no validation split) for the epochs the trial kept (``best["epoch"]``, its schedule cut there)
     and deciding at the global threshold the trial chose on validation (``best["threshold"]``)."""
-    extra: dict[str, Any] = {"val_size": 0, "keep_best": False, "patience": 0, "threshold_search": None,
-                             "out_dir": str(out_dir)}
+    extra: dict[str, Any] = {"data.val_size": 0, "eval.keep_best": False, "eval.patience": 0,
+                             "eval.threshold_search": None, "run.out_dir": str(out_dir)}
     epochs = int(best.get("epoch") or 0)
-    if 0 < epochs < cfg.epochs and cfg.decoupling == "none" and cfg.head != "oltr":
-        extra.update(epochs=epochs, lr_steps=_cut_schedule(cfg, epochs))
+    if 0 < epochs < cfg.schedule.epochs and not _two_stage(cfg):
+        extra.update({"schedule.epochs": epochs, "schedule.lr_steps": _cut_schedule(cfg, epochs)})
     if best.get("threshold") is not None:
-        extra["threshold"] = float(best["threshold"])
+        extra["eval.threshold"] = float(best["threshold"])
     return load_config(None, _overrides({**values, **extra}), base=cfg.to_dict())
 
 
@@ -274,7 +280,7 @@ def _objective(cfg: TrainConfig, space: Sequence[Param], out: Path) -> Callable[
         finally:
             trial.set_user_attr("seconds", round(time.perf_counter() - t0, 1))
             for name in ("checkpoint.pt", "best.pt"):  # a trial's weights are not kept
-                (Path(tcfg.out_dir) / name).unlink(missing_ok=True)
+                (Path(tcfg.run.out_dir) / name).unlink(missing_ok=True)
         best = res["best"]
         trial.set_user_attr("best_epoch", best.get("epoch"))
         trial.set_user_attr("epochs_run", res.get("epochs_run"))
@@ -346,12 +352,12 @@ def tune(
     cfg = recipe if isinstance(recipe, TrainConfig) else load_config(recipe, list(overrides))
     if isinstance(recipe, TrainConfig) and overrides:
         cfg = load_config(None, list(overrides), base=cfg.to_dict())
-    out = Path(out or f"runs/tune_{cfg.name}")
+    out = Path(out or f"runs/tune_{cfg.run.name}")
     prepare_data(cfg)
     build_data(cfg)  # bad data (a missing file, labels outside {0, 1}...) is an error before any study exists
     out.mkdir(parents=True, exist_ok=True)
-    space = search_space(cfg, "features" if cfg.dataset in FEATURE_DATASETS else "image")
-    study_name = study_name or cfg.name
+    space = search_space(cfg, "features" if cfg.data.dataset in FEATURE_DATASETS else "image")
+    study_name = study_name or cfg.run.name
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     n_startup = startup_trials if startup_trials is not None else min(10, max(2, trials // 3))
@@ -359,11 +365,11 @@ def tune(
         prune_warmup = max(2, trial_patience(cfg))
     study = _open_study(
         study_name=study_name, url=url,
-        sampler=optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=n_startup, multivariate=True),
+        sampler=optuna.samplers.TPESampler(seed=cfg.run.seed, n_startup_trials=n_startup, multivariate=True),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=n_startup, n_warmup_steps=prune_warmup))
     if not study.get_trials(deepcopy=False):  # a new study starts from the recipe's own values
         study.enqueue_trial({p.key: p.initial for p in space})
-    meta = {"recipe": str(recipe) if not isinstance(recipe, TrainConfig) else cfg.name, "overrides": list(overrides),
+    meta = {"recipe": str(recipe) if not isinstance(recipe, TrainConfig) else cfg.run.name, "overrides": list(overrides),
             "study": study_name, "storage": url, "trials_wanted": trials,
             "search_space": [{"key": p.key, "low": p.low, "high": p.high, "log": p.log,
                               "choices": None if p.choices is None else list(p.choices), "recipe": p.initial}
