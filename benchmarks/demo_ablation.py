@@ -1,7 +1,7 @@
 """The paper's ablation on the built-in data, in the paper's regime (pretrained backbone, fine-tuned).
 
     python benchmarks/demo_ablation.py [--out runs/ablation] [--lrs 0.01 0.02 0.05 0.1]
-                                       [--seeds 0 1 2] [--val-size 300] [--readme README.md]
+                                       [--seeds 0 1 2] [--val-size 300] [--readme docs/demo.md]
 
 Rows (all with class-aware re-sampling, as in the paper's ablation), each with and without the
 focal term: RS (BCE), RS + re-balanced weighting (RW), RS + negative-tolerant regularisation
@@ -12,7 +12,8 @@ rate for every seed and tested. It writes
 
 * ``<out>/select/<row>/lr<lr>/``: the selection runs; ``<out>/final/<row>/seed<s>/``: the final runs;
 * ``<out>/ablation.json``: every selection score, the chosen rates, per-row seed summaries;
-* ``<out>/ablation.md`` and, with ``--readme``, the ``<!-- ablation-table -->`` block of that file;
+* ``<out>/ablation.md`` and, with ``--readme``, the ``<!-- ablation-table -->`` block of that file
+  (``docs/demo.md``, the documentation site's page of the demo, holds it);
 * increment figures ``<out>/increment_<row>_over_<base>.png`` (copied to ``docs/figures/ablation_*.png``
   with ``--readme``): each component's per-class AP increment, mean over seeds.
 
@@ -66,7 +67,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-size", type=int, default=300, help="training images held out to choose the lr")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides for every run")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    p.add_argument("--readme", default=None, help="Markdown file whose ablation-table block is rewritten")
+    p.add_argument("--readme", default=None,
+                   help="Markdown file whose ablation-table block is rewritten (docs/demo.md)")
     p.add_argument("--figures", default=str(REPO / "docs" / "figures"))
     return p
 

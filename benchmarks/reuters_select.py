@@ -37,7 +37,7 @@ import reuters as bench  # benchmarks/reuters.py (this script's folder is on sys
 
 #: Optimiser / lr points per head (kept small: one CPU core, about 2 minutes per run). MLP: SGD lr 1
 #: and AdamW lr 1e-3 (both within 0.1 of the best validation micro-F1 of their grids in the earlier
-#: selections of BENCHMARKS.md; 1e-3 rather than 3e-4 because it converges within the 20 epochs);
+#: selections of docs/benchmarks.md; 1e-3 rather than 3e-4 because it converges within the 20 epochs);
 #: linear: AdamW lr 3e-2 (a linear map of l2-normalised TF-IDF needs larger steps: at 1e-3 BCE was
 #: still at 67 validation micro-F1 after 20 epochs). AdamW with Huang et al.'s weight decay 0.01,
 #: SGD with the recipes' 0.

@@ -23,7 +23,8 @@ MLP head, SGD at lr 0.5, the paper's class-aware epoch), to show what the health
 
 Everything is chosen on validation splits carved from the training data; the test split is read once
 per final run. Writes ``<out>/<data>/results.json`` (every run's metrics, the tune times) and
-``<out>/<data>/results.md`` (mean ± sample sd over seeds, x100).
+``<out>/<data>/results.md`` (mean ± sample sd over seeds, x100), from which the tables of the
+``tune-scale`` block of ``docs/benchmarks.md`` were copied by hand (no script rewrites that block).
 """
 
 from __future__ import annotations

@@ -85,11 +85,13 @@ def feature_recipe(tmp_path: Path):
     write_synthetic_features(test_f, 101, seed=1)
 
     def make(name: str, **settings: object) -> list[str]:
-        base = {"dataset": "features", "train_ann": str(train_f), "test_ann": str(test_f),
-                "out_dir": str(tmp_path / name), "neck_dim": 16, "epochs": 2, "batch_size": 32, "lr": 0.05,
-                "warmup_iters": 5, "lr_steps": [0.6], "workers": 0, "tensorboard": False, "device": "cpu",
-                "loss": "bce", "sampler": "random"}
-        return [f"{k}={json.dumps(v)}" for k, v in {**base, **settings}.items()]
+        base = {"data.dataset": "features", "data.train_ann": str(train_f), "data.test_ann": str(test_f),
+                "run.out_dir": str(tmp_path / name), "model.neck_dim": 16, "schedule.epochs": 2,
+                "optim.batch_size": 32, "optim.lr": 0.05, "schedule.warmup_iters": 5, "schedule.lr_steps": [0.6],
+                "data.workers": 0, "run.tensorboard": False, "run.device": "cpu", "loss.name": "bce",
+                "sampler.name": "random"}
+        # settings: section__key=value (or an old flat key, converted with a note)
+        return [f"{k.replace('__', '.')}={json.dumps(v)}" for k, v in {**base, **settings}.items()]
 
     return make
 

@@ -100,14 +100,14 @@ def test_bbn_trains_resumes_and_predicts_on_features(feature_recipe, train_kille
     train_killed_after(1, cfg("killed"))
     resumed = train(cfg("killed"), progress=False, resume=True)
     assert resumed["per_class_ap"] == full["per_class_ap"]
-    a = load_checkpoint(f"{cfg('full').out_dir}/checkpoint.pt")["model"]
-    b = load_checkpoint(f"{cfg('killed').out_dir}/checkpoint.pt")["model"]
+    a = load_checkpoint(f"{cfg('full').run.out_dir}/checkpoint.pt")["model"]
+    b = load_checkpoint(f"{cfg('killed').run.out_dir}/checkpoint.pt")["model"]
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
-    _, _, model = model_from_checkpoint(load_checkpoint(f"{cfg('full').out_dir}/checkpoint.pt"))
+    _, _, model = model_from_checkpoint(load_checkpoint(f"{cfg('full').run.out_dir}/checkpoint.pt"))
     assert isinstance(model, BBNNetwork) and model.in_features == 32
-    predictor = Predictor.from_checkpoint(cfg("full").out_dir, device="cpu")
-    scores = np.load(f"{cfg('full').out_dir}/predictions.npz")["scores"]
-    test = np.load(cfg("full").test_ann)["features"]
+    predictor = Predictor.from_checkpoint(cfg("full").run.out_dir, device="cpu")
+    scores = np.load(f"{cfg('full').run.out_dir}/predictions.npz")["scores"]
+    test = np.load(cfg("full").data.test_ann)["features"]
     np.testing.assert_allclose(predictor(torch.from_numpy(test)).numpy(), scores, atol=1e-6)
 
 
@@ -115,8 +115,8 @@ def test_bbn_class_aware_rebalancing_and_a_changed_sampler_refused_on_resume(fea
     over = feature_recipe("ca", head="bbn", bbn_sampler="class-aware", epochs=1)
     res = train(load_config(None, over), progress=False)
     assert res["sampler"] == "random + class-aware" and np.isfinite(res["mAP"]["total"])
-    with pytest.raises(ValueError, match="bbn_sampler='class-aware', but this run has bbn_sampler='reversed'"):
-        train(load_config(None, [*over, "bbn_sampler=reversed"]), progress=False, resume=True)
+    with pytest.raises(ValueError, match="method.sampler='class-aware', but this run has method.sampler='reversed'"):
+        train(load_config(None, [*over, "method.sampler=reversed"]), progress=False, resume=True)
 
 
 @pytest.mark.parametrize("loss", LOSS_NAMES)
@@ -139,11 +139,12 @@ def test_bbn_trains_on_the_builtin_images(demo_root, tmp_path):
 
 
 def test_bbn_config_errors():
-    for overrides, match in ((["head=bbn", "decoupling=crt", "stage2_epochs=1"], "decoupling='none' with head='bbn'"),
-                             (["head=bbn", "bbn_sampler=uniform"], "`bbn_sampler`")):
+    for overrides, match in ((["method.name=bbn", "method.mode=crt"], "unknown configuration key 'method.mode'"),
+                             (["method.name=bbn", "method.sampler=uniform"], "`method.sampler`"),
+                             (["head=bbn", "bbn_sampler=uniform"], "`method.sampler`")):  # a flat recipe, converted
         with pytest.raises(ValueError, match=match):
             load_config(None, overrides)
     stats = LabelStats.from_labels([[1, 0], [0, 1], [1, 1]])
-    model = build_network(load_config(None, ["head=bbn"]), 2, torch.device("cpu"), input_type="features",
+    model = build_network(load_config(None, ["method.name=bbn"]), 2, torch.device("cpu"), input_type="features",
                           in_features=4, stats=stats)
     assert isinstance(model, BBNNetwork)

@@ -58,9 +58,9 @@ def test_train_print_config_shows_the_resolved_recipe_and_trains_nothing(tmp_pat
     assert main(["train", *args, "--print-config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed == load_config(args[0], [*args[1:], "run.out_dir=runs/demo_scratch_db_focal"]).to_dict()
-    assert "base" not in printed and printed["weights"] is None and printed["loss_args"] == {"mu": 0.2}
+    assert "base" not in printed and printed["model"]["weights"] is None and printed["loss"]["args"] == {"mu": 0.2}
     assert main(["train", "voc_mlt/rs", "--out", "elsewhere", "--print-config"]) == 0
-    assert yaml.safe_load(capsys.readouterr().out)["out_dir"] == "elsewhere"
+    assert yaml.safe_load(capsys.readouterr().out)["run"]["out_dir"] == "elsewhere"
     assert not list(tmp_path.iterdir())  # nothing trained, nothing written
     assert main(["recipes"]) == 0
     assert "_base" not in capsys.readouterr().out  # bases are not runnable recipes

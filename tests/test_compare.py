@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from dbloss.config import load_config, save_config
+from dbloss.config import flat_view, load_config, save_config
 from dbloss.apps.compare import _reusable, update_marked_block
 
 
@@ -17,8 +17,9 @@ def _finished(cfg, tmp_path, drop=()):
     cfg.run.out_dir = str(out)
     save_config(cfg, out / "config.yaml")
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    for key in drop:
-        saved.pop(key)
+    for key in drop:  # "section.key"
+        section, name = key.split(".")
+        saved[section].pop(name)
     (out / "config.yaml").write_text(yaml.safe_dump(saved))
     (out / "metrics.json").write_text(json.dumps({"mAP": {"total": 0.5}}))
     return cfg
@@ -30,10 +31,13 @@ def test_finished_runs_are_reused_only_with_the_same_configuration(tmp_path):
     other = load_config("demo/rs", ["optim.lr=0.05", f"run.out_dir={cfg.run.out_dir}"])
     assert _reusable(other) is None
     # a field added since the run was saved counts with its default; text settings do not touch image runs
-    cfg = _finished(load_config("demo/rs"), tmp_path, drop=("patience", "text_features"))
+    cfg = _finished(load_config("demo/rs"), tmp_path, drop=("eval.patience", "data.text_features"))
     assert _reusable(cfg) is not None
     assert _reusable(load_config("demo/rs", ["data.tfidf_max_features=5", f"run.out_dir={cfg.run.out_dir}"])) is not None
     assert _reusable(load_config("demo/rs", ["eval.patience=0", "eval.keep_best=false", f"run.out_dir={cfg.run.out_dir}"])) is not None
+    flat = _finished(load_config("demo/rs"), tmp_path)  # a run folder saved before the sections: still reused
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(flat_view(flat)))
+    assert _reusable(flat) is not None
     (tmp_path / "run" / "metrics.json").unlink()
     assert _reusable(cfg) is None
 

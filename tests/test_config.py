@@ -285,7 +285,7 @@ def test_flat_recipes_and_overrides_are_converted_with_a_note(tmp_path, caplog):
 def test_unknown_keys_name_the_section_and_the_closest_keys():
     with pytest.raises(ValueError, match=r"unknown configuration key 'lrr'; did you mean optim\.lr"):
         load_config(None, ["lrr=0.1"])
-    with pytest.raises(ValueError, match=r"'optim.lrr' in section `optim`; did you mean optim\.lr\?; valid keys of "
+    with pytest.raises(ValueError, match=r"'optim.lrr' in section `optim`; did you mean optim\.lr.*; valid keys of "
                                          r"`optim`: name, lr, momentum"):
         load_config(None, ["optim.lrr=0.1"])
     with pytest.raises(ValueError, match=r"'method.hiden' in section `method`; did you mean method\.hidden.*valid keys "

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from dbloss.config import load_config
-from dbloss.methods.decoupling import ScaledLinear, enter_stage2, tau_normalize, trainable_parameters
-from dbloss.training.stages import training_stages
+from dbloss.methods import create_method
+from dbloss.methods.base import trainable_parameters
+from dbloss.methods.decoupling import ScaledLinear, enter_stage2, tau_normalize
 from dbloss.training.engine import build_network, evaluate_checkpoint, model_from_checkpoint, train
 from dbloss.files import load_checkpoint
 from dbloss.losses import LOSS_NAMES
@@ -60,9 +61,9 @@ def test_lws_with_scales_one_is_the_linear_classifier():
     built = {}
     for mode in ("none", "lws"):
         torch.manual_seed(0)
-        extra = ["stage2_epochs=1"] if mode == "lws" else []
-        model = build_network(load_config(None, [f"decoupling={mode}", *extra]), 4, torch.device("cpu"),
-                              input_type="features", in_features=6, stats=stats)
+        over = ["method.name=decoupling", "method.mode=lws", "method.stage2_epochs=1"] if mode == "lws" else []
+        model = build_network(load_config(None, over), 4, torch.device("cpu"), input_type="features", in_features=6,
+                              stats=stats)
         built[mode] = (model.state_dict(), torch.rand(3))
     plain, (scaled, after) = built["none"], built["lws"]
     assert all(torch.equal(plain[0][k], scaled[k]) for k in plain[0]) and torch.equal(plain[1], after)
@@ -72,14 +73,14 @@ def test_lws_with_scales_one_is_the_linear_classifier():
 @pytest.mark.parametrize("mode, trained", [("crt", {"classifier.weight", "classifier.bias"}),
                                            ("lws", {"classifier.scales"}), ("tau-norm", set())])
 def test_stage2_trains_only_its_classifier_parameters(mode, trained):
-    extra = {"crt": ["stage2_epochs=1"], "lws": ["stage2_epochs=1"], "tau-norm": []}[mode]
-    cfg = load_config(None, [f"decoupling={mode}", "model.neck_dim=8", *extra])
+    extra = {"crt": ["method.stage2_epochs=1"], "lws": ["method.stage2_epochs=1"], "tau-norm": ["method.stage2_epochs=0"]}[mode]
+    cfg = load_config(None, ["method.name=decoupling", f"method.mode={mode}", "model.neck_dim=8", *extra])
     model = build_network(cfg, 3, torch.device("cpu"), input_type="features", in_features=5,
                           stats=LabelStats.from_labels([[1, 0, 1], [0, 1, 0]]))
-    stage2 = training_stages(cfg)[1]
+    stage2 = create_method(cfg.method).stages(cfg)[1]
     assert (stage2.cfg.sampler.name, stage2.cfg.schedule.warmup_iters, stage2.first_epoch) == ("class-aware", 0, cfg.schedule.epochs)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    enter_stage2(model, stage2.cfg)
+    enter_stage2(model, mode)
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     assert names == trained and len(trainable_parameters(model)) == len(trained)
     model.train()
@@ -90,15 +91,18 @@ def test_stage2_trains_only_its_classifier_parameters(mode, trained):
 
 
 def test_config_checks_the_stage_fields():
-    for overrides, match in ((["decoupling=crt"], "stage2_epochs` >= 1"),
-                             (["decoupling=tau-norm", "stage2_epochs=2"], "stage2_epochs` = 0"),
-                             (["stage2_epochs=2"], "stage2_epochs` = 0"),
-                             (["decoupling=lws", "stage2_epochs=1", "head=ml-gcn"], "head='linear'"),
-                             (["decoupling=crt", "stage2_epochs=1", "eval.keep_best=true", "data.val_size=10"], "keep_best"),
-                             (["decoupling=rt"], "`decoupling`")):
+    dec = "method.name=decoupling"
+    for overrides, match in (([dec, "method.stage2_epochs=0"], "stage2_epochs` >= 1"),
+                             (["decoupling=crt"], "stage2_epochs` >= 1"),  # a flat recipe's default: 0 epochs
+                             ([dec, "method.mode=tau-norm", "method.stage2_epochs=2"], "stage2_epochs` = 0"),
+                             (["method.stage2_epochs=2"], "unknown configuration key 'method.stage2_epochs' in section "
+                                                          "`method`"),  # the plain method has no stage 2
+                             ([dec, "method.mode=lws", "method.classifier=ml-gcn"], "method.classifier='plain'"),
+                             ([dec, "eval.keep_best=true", "data.val_size=10"], "keep_best"),
+                             ([dec, "method.mode=rt"], "`method.mode`")):
         with pytest.raises(ValueError, match=match):
             load_config(None, overrides)
-    assert len(training_stages(load_config("demo/rs"))) == 1
+    assert len(create_method(load_config("demo/rs").method).stages(load_config("demo/rs"))) == 1
 
 
 def _stage_state(path: Path) -> tuple[int, int, dict[str, torch.Tensor]]:
@@ -112,7 +116,7 @@ def test_stage2_changes_only_the_classifier_on_the_builtin_data(demo_root, tmp_p
     common = [f"data.root={demo_root}", "model.weights=none", "schedule.epochs=1", "optim.batch_size=64", "schedule.warmup_iters=1",
               "sampler.reduce=16", "run.device=cpu"]
     stage1 = train(load_config("demo/erm", [*common, f"run.out_dir={tmp_path / 's1'}"]), progress=False)
-    crt_cfg = load_config("demo/crt", [*common, f"run.out_dir={tmp_path / 'crt'}", "stage2_epochs=1"])
+    crt_cfg = load_config("demo/crt", [*common, f"run.out_dir={tmp_path / 'crt'}", "method.stage2_epochs=1"])
     res = train(crt_cfg, progress=False, resume=str(tmp_path / "s1" / "checkpoint.pt"))
     e1, s1, a = _stage_state(tmp_path / "s1" / "checkpoint.pt")
     e2, s2, b = _stage_state(tmp_path / "crt" / "checkpoint.pt")
@@ -168,7 +172,7 @@ def test_tau_norm_is_applied_once_even_when_resumed(tmp_path):
     again = train(load_config(None, over), progress=False, resume=True)  # a finished tau-norm run, resumed
     assert again["per_class_ap"] == res["per_class_ap"]
     # a positive rescaling of each class's logit keeps every class's ranking: the per-class AP of stage 1
-    plain = train(load_config(None, [*over, "decoupling=none", f"run.out_dir={tmp_path / 'plain'}"]), progress=False)
+    plain = train(load_config(None, [*over, "method.name=plain", f"run.out_dir={tmp_path / 'plain'}"]), progress=False)
     assert res["per_class_ap"] == pytest.approx(plain["per_class_ap"], abs=1e-6)
 
 
@@ -190,10 +194,14 @@ def test_resume_refuses_another_stage2_or_head(tmp_path):
     crt = feature_overrides(train_f, test_f, tmp_path / "run", epochs=1, sampler="random", decoupling="crt",
                             stage2_epochs=1)
     train(load_config(None, crt), progress=False)
-    with pytest.raises(ValueError, match="stage 2 of decoupling='crt', but this run has decoupling='none'"):
-        train(load_config(None, [*crt, "decoupling=none", "stage2_epochs=0"]), progress=False, resume=True)
-    with pytest.raises(ValueError, match="head='linear', but this run has head='ml-gcn'"):
-        train(load_config(None, [*crt, "head=ml-gcn"]), progress=False, resume=True)
+    with pytest.raises(ValueError, match=r"\(stage 2\) was trained with method.mode='crt', but this run has "
+                                         r"method.mode=None"):
+        train(load_config(None, [*crt, "method.name=plain"]), progress=False, resume=True)
+    with pytest.raises(ValueError, match=r"\(stage 2\) was trained with method.mode='crt', but this run has "
+                                         r"method.mode='lws'"):
+        train(load_config(None, [*crt, "method.mode=lws"]), progress=False, resume=True)
+    with pytest.raises(ValueError, match="network='plain', but this run has network='ml-gcn'"):
+        train(load_config(None, [*crt, "method.classifier=ml-gcn"]), progress=False, resume=True)
 
 
 def test_crt_retrains_an_ml_gcn_head(tmp_path):

@@ -201,7 +201,7 @@ def test_adamw_option_trains_and_resume_refuses_a_different_optimizer(feature_fi
     sgd = load_config(None, feature_overrides(train_f, test_f, out, epochs=3))
     with pytest.raises(ValueError, match="optim.name='adamw'"):
         train(sgd, progress=False, resume=True)
-    with pytest.raises(ValueError, match="`optimizer` to be one of"):
+    with pytest.raises(ValueError, match="`optim.name` to be one of"):
         load_config(None, feature_overrides(train_f, test_f, out, optimizer="adam"))
 
 
@@ -243,7 +243,7 @@ def test_keep_best_tests_the_best_validated_epoch_and_resumes_it(feature_files, 
                     resume=True)
     assert resumed["best_epoch"] == res["best_epoch"]
     assert resumed["mAP"]["total"] == pytest.approx(res["mAP"]["total"], abs=1e-12)
-    with pytest.raises(ValueError, match="`val_size` > 0 with `keep_best`"):
+    with pytest.raises(ValueError, match="`data.val_size` > 0 with `eval.keep_best`"):
         load_config(None, feature_overrides(train_f, test_f, out, keep_best=True))
 
 
@@ -403,8 +403,8 @@ def test_the_class_aware_epoch_is_as_long_as_the_training_split_unless_the_recip
     assert iterations["data"] == -(-len(labels) // 32)  # 600 samples, batches of 32
     assert iterations["paper"] == -(-int(labels.sum(0).max() * labels.shape[1] / 4) // 32)
     for bench in ("voc_mlt", "coco_mlt", "demo", "demo_scratch"):  # the paper's epoch, as published
-        assert load_config(f"{bench}/_base").sampler_epoch == "paper"
-    assert load_config("features/rs").sampler_epoch == "data"
+        assert load_config(f"{bench}/_base").sampler.epoch == "paper"
+    assert load_config("features/rs").sampler.epoch == "data"
 
 
 def test_bias_init_prior_starts_every_logit_at_its_class_prior(feature_files, tmp_path):
@@ -425,7 +425,7 @@ def test_bias_init_prior_starts_every_logit_at_its_class_prior(feature_files, tm
                           input_type="features", in_features=16, stats=stats)
     assert torch.equal(plain.classifier.weight, model.classifier.weight)  # the weights drew the same numbers
     with pytest.raises(ValueError, match="model.bias_init=prior sets a linear classifier's bias, but method 'ml-gcn'"):
-        build_network(load_config(None, ["model.bias_init=prior", "head=ml-gcn"]), labels.shape[1], torch.device("cpu"),
+        build_network(load_config(None, ["model.bias_init=prior", "method.name=ml-gcn"]), labels.shape[1], torch.device("cpu"),
                       input_type="features", in_features=16, stats=stats)
-    assert load_config("features/db_focal").bias_init == "prior" and load_config("voc_mlt/db_focal").bias_init == \
+    assert load_config("features/db_focal").model.bias_init == "prior" and load_config("voc_mlt/db_focal").model.bias_init == \
         "default"

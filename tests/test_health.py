@@ -30,9 +30,9 @@ def test_collapse_is_one_constant_per_class_over_samples():
 def test_stalled_loss_names_a_rise_as_a_step_too_large():
     assert stalled_loss_message([0.5, 0.5], lr=0.1, optimizer="sgd") is None  # too early to tell
     rose = stalled_loss_message([0.17, 0.4, 0.62], lr=50.0, optimizer="sgd")
-    assert "it rose" in rose and "try lr=5" in rose
+    assert "it rose" in rose and "try optim.lr=5" in rose
     flat = stalled_loss_message([0.0018, 0.0018, 0.0018, 0.0018], lr=0.5, optimizer="adamw")
-    assert "try lr=0.05 and lr=5 (adamw)" in flat
+    assert "try optim.lr=0.05 and lr=5 (adamw)" in flat
     assert stalled_loss_message([1.0, 0.9, 1.1], lr=0.1, optimizer="sgd") is None  # it fell once
 
 
@@ -56,17 +56,17 @@ def run(feature_recipe):
 
 def test_a_run_made_to_diverge_stops_naming_the_learning_rate_and_the_value_to_try(run, feature_recipe, capsys):
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss .* lr=1e\+12 \(sgd\) is the likely cause: "
-                                                 r"try lr=1e\+11"):
+                                                 r"try optim.lr=1e\+11"):
         run("diverge", lr=1e12, grad_clip=None, neck_dim=0)
     assert main(["train", "features/erm", *feature_recipe("diverge_cli", lr=1e12, grad_clip=None, neck_dim=0)]) == 2
-    assert "try lr=1e+11" in capsys.readouterr().err
+    assert "try optim.lr=1e+11" in capsys.readouterr().err
 
 
 def test_a_collapsed_model_stops_the_run_or_with_health_warn_is_reported_in_metrics(run, feature_recipe, tmp_path):
     # a rate far too large, unclipped: every ReLU of the hidden layer dies and the head answers its bias
     collapse = dict(lr=50.0, grad_clip=None, neck_dim=16, epochs=4)
     with pytest.raises(TrainingCollapsedError, match=r"collapsed after epoch \d.*lr=50 \(sgd\) is the likely cause: "
-                                                     r"try lr=5,"):
+                                                     r"try optim.lr=5,"):
         run("stop", **collapse)
     log = [json.loads(line) for line in (tmp_path / "stop" / "log.jsonl").read_text().splitlines()]
     assert [r["kind"] for r in log if r.get("type") == "health"] == ["collapse"]
@@ -78,7 +78,7 @@ def test_a_collapsed_model_stops_the_run_or_with_health_warn_is_reported_in_metr
 def test_a_loss_that_rises_and_a_validation_map_at_chance_are_reported(run):
     res = run("chance", lr=100.0, grad_clip=None, neck_dim=16, epochs=4, val_size=60)
     assert [m.split(" ")[:2] for m in res["health"]] == [["the", "training"], ["validation", "mAP"]]
-    assert "it rose; the learning rate lr=100 (sgd) is the likely cause: try lr=10" in res["health"][0]
+    assert "it rose; the learning rate lr=100 (sgd) is the likely cause: try optim.lr=10" in res["health"][0]
     assert "at chance level" in res["health"][1]
 
 
@@ -96,5 +96,5 @@ def test_a_healthy_run_reports_nothing(run):
 
 
 def test_health_is_validated():
-    with pytest.raises(ValueError, match="`health` to be one of"):
+    with pytest.raises(ValueError, match="`run.health` to be one of"):
         load_config(None, ["run.health=loud"])

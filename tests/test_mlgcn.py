@@ -72,7 +72,7 @@ def test_identity_graph_and_one_hot_embeddings_reduce_to_a_linear_classifier():
 def test_every_loss_trains_the_gcn(loss):
     """Shapes, and gradients that reach both graph convolutions and the layer below, under every loss."""
     stats = LabelStats.from_labels(LABELS)
-    cfg = load_config(None, ["head=ml-gcn", "model.neck_dim=8", "gcn_hidden=16", "run.device=cpu"])
+    cfg = load_config(None, ["method.name=ml-gcn", "model.neck_dim=8", "method.hidden=16", "run.device=cpu"])
     model = build_network(cfg, 3, torch.device("cpu"), input_type="features", in_features=5, stats=stats)
     assert isinstance(model.classifier, GCNClassifier)
     try:  # the DB family on its torch path: the fused kernel is tested in test_fused (and its build is slow)
@@ -89,7 +89,7 @@ def test_every_loss_trains_the_gcn(loss):
 
 def test_image_model_gradients_reach_the_backbone():
     stats = LabelStats.from_labels(LABELS)
-    cfg = load_config(None, ["head=ml-gcn", "model.backbone=small_cnn", "model.weights=none", "gcn_hidden=32"])
+    cfg = load_config(None, ["method.name=ml-gcn", "model.backbone=small_cnn", "model.weights=none", "method.hidden=32"])
     model = build_network(cfg, 3, torch.device("cpu"), stats=stats)
     out = model(torch.randn(4, 3, 32, 32))
     assert out.shape == (4, 3)
@@ -114,15 +114,15 @@ def test_label_embeddings_from_a_file(tmp_path):
         load_label_embeddings(tmp_path / "objects.npy", 3)
     with pytest.raises(FileNotFoundError, match="no file"):
         load_label_embeddings(tmp_path / "missing.npy", 3)
-    for bad, match in (("gcn_tau=1.5", "gcn_tau"), ("gcn_p=1", "gcn_p"), ("head=gcn", "`head`")):
+    for bad, match in (("method.tau=1.5", "method.tau"), ("method.p=1", "method.p"), ("method.name=gcn", "`method.name`")):
         with pytest.raises(ValueError, match=match):
-            load_config(None, [bad])
+            load_config(None, ["method.name=ml-gcn", bad])
 
 
 def test_short_run_on_the_builtin_data(demo_root, tmp_path):
     out = tmp_path / "ml_gcn"
     cfg = load_config("demo/ml_gcn", [f"data.root={demo_root}", f"run.out_dir={out}", "model.weights=none", "schedule.epochs=1",
-                                      "optim.batch_size=64", "schedule.warmup_iters=1", "gcn_hidden=64", "run.device=cpu"])
+                                      "optim.batch_size=64", "schedule.warmup_iters=1", "method.hidden=64", "run.device=cpu"])
     res = train(cfg, progress=False)
     assert res["mAP"]["total"] > 0.1 and len(res["per_class_ap"]) == 14
     ckpt = load_checkpoint(out / "checkpoint.pt")

@@ -20,7 +20,8 @@ from dbloss.models.classifier import FeatureClassifier, build_model
 from dbloss.methods.oltr import (CosineClassifier, ModulatedAttention, OLTRNetwork, class_centroids,
                          discriminative_centroid_loss, enter_memory_stage, meta_embedding, oltr_network)
 from dbloss.apps.predict import Predictor
-from dbloss.training.stages import training_stages
+from dbloss.methods import create_method
+import dbloss.methods.oltr as oltr_module
 
 
 def test_meta_embedding_against_the_equations_sample_by_sample():
@@ -110,20 +111,23 @@ def test_oltr_two_stages_resume_in_stage2_and_predict(feature_recipe, monkeypatc
     memory; a run killed in stage 2 resumes there and ends bit-identical; the checkpoint answers as the run."""
     over = lambda name: feature_recipe(name, head="oltr", epochs=2, stage2_epochs=2, num_samples_cls=4)  # noqa: E731
     cfg = load_config(None, over("full"))
-    assert [(s.number, s.cfg.sampler.name) for s in training_stages(cfg)] == [(1, "random"), (2, "class-aware")]
+    assert [(s.number, s.cfg.sampler.name) for s in create_method(cfg.method).stages(cfg)] == \
+        [(1, "random"), (2, "class-aware")]
     seen: list[torch.Tensor] = []
-    real_centroids = engine._oltr_centroids
+    real_centroids = oltr_module.memory_centroids
 
-    def spy(model, data, c, device, env):
-        out = real_centroids(model, data, c, device, env)
-        with torch.no_grad():  # the mean stage-1 feature of each class's training samples
-            feats = model.direct_features(torch.as_tensor(data.train.features))
-        sums, counts = class_centroids(feats, torch.as_tensor(data.train.targets))
+    def spy(model, context, num_classes):
+        out = real_centroids(model, context, num_classes)
+        batches = list(context.train_batches())  # the whole training split (one process), evaluation transform
+        assert sum(len(y) for _, y in batches) == 300
+        with torch.no_grad():  # the mean stage-1 feature of each class's training samples, in one pass
+            feats = model.direct_features(torch.cat([x for x, _ in batches]))
+        sums, counts = class_centroids(feats, torch.cat([y for _, y in batches]))
         torch.testing.assert_close(out, sums / counts[:, None])
         seen.append(out)
         return out
 
-    monkeypatch.setattr(engine, "_oltr_centroids", spy)
+    monkeypatch.setattr(oltr_module, "memory_centroids", spy)
     full = train(cfg, progress=False)
     assert len(seen) == 1 and full["sampler"] == "random, then class-aware"
     log = [json.loads(x) for x in open(f"{cfg.run.out_dir}/log.jsonl")]
@@ -153,7 +157,7 @@ def test_oltr_runs_with_every_loss(feature_recipe, loss, torch_path):
 
 def test_oltr_trains_on_the_builtin_images(demo_root, tmp_path):
     cfg = load_config("demo/oltr", [f"data.root={demo_root}", f"run.out_dir={tmp_path / 'oltr'}", "model.weights=none",
-                                    "schedule.epochs=1", "stage2_epochs=1", "optim.batch_size=64", "schedule.warmup_iters=1", "run.device=cpu"])
+                                    "schedule.epochs=1", "method.stage2_epochs=1", "optim.batch_size=64", "schedule.warmup_iters=1", "run.device=cpu"])
     res = train(cfg, progress=False)
     assert 0 < res["mAP"]["total"] <= 1
     state = load_checkpoint(tmp_path / "oltr" / "checkpoint.pt")["model"]
@@ -163,9 +167,11 @@ def test_oltr_trains_on_the_builtin_images(demo_root, tmp_path):
 
 
 def test_oltr_config_errors():
-    for overrides, match in ((["head=oltr"], "stage2_epochs` >= 1 with head='oltr'"),
-                             (["head=oltr", "stage2_epochs=1", "decoupling=crt"], "decoupling='none' with head='oltr'"),
-                             (["head=oltr", "stage2_epochs=1", "eval.keep_best=true", "data.val_size=10"], "head='oltr'"),
-                             (["head=oltr", "stage2_epochs=1", "oltr_centroid_weight=-1"], "oltr_centroid_weight")):
+    oltr = "method.name=oltr"
+    for overrides, match in (([oltr, "method.stage2_epochs=0"], "stage2_epochs` >= 1 with method 'oltr'"),
+                             (["head=oltr"], "stage2_epochs` >= 1 with method 'oltr'"),  # a flat recipe's default: 0
+                             ([oltr, "method.mode=crt"], "unknown configuration key 'method.mode'"),
+                             ([oltr, "eval.keep_best=true", "data.val_size=10"], "keep_best=false with method 'oltr'"),
+                             ([oltr, "method.centroid_weight=-1"], "method.centroid_weight")):
         with pytest.raises(ValueError, match=match):
             load_config(None, overrides)

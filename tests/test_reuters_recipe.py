@@ -140,7 +140,7 @@ def test_recipe_linear_head_option():
     assert not any(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.Dropout)) for m in net.modules())
     x = torch.randn(4, 500)
     torch.testing.assert_close(net(x), x @ linears[0].weight.T + linears[0].bias)
-    mlp = build_model(90, input_type="features", neck_dim=load_config("reuters/db_focal").neck_dim, in_features=500)
+    mlp = build_model(90, input_type="features", neck_dim=load_config("reuters/db_focal").model.neck_dim, in_features=500)
     assert sum(isinstance(m, torch.nn.Linear) for m in mlp.modules()) == 2
 
 

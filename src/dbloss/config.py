@@ -324,11 +324,13 @@ def method_from_flat(flat: dict[str, Any]) -> dict[str, Any]:
     the keys it set are carried over, the rest keep the method's defaults.
 
     >>> method_from_flat({"head": "ml-gcn", "gcn_hidden": 16, "decoupling": "crt", "stage2_epochs": 2})
-    {'name': 'decoupling', 'mode': 'crt', 'stage2_epochs': 2, 'classifier': {'name': 'ml-gcn', 'hidden': 16}}
+    {'name': 'decoupling', 'mode': 'crt', 'stage2_epochs': 2, 'stage2_sampler': 'class-aware', 'stage2_lr': None, \
+'classifier': {'name': 'ml-gcn', 'hidden': 16}}
     """
     head, decoupling = flat.get("head", "linear"), flat.get("decoupling", "none")
     gcn = {new: flat[old] for old, new in _GCN.items() if old in flat}
-    stage2 = {new: flat[old] for old, new in _STAGE2.items() if old in flat}
+    # the stage-2 keys at their flat defaults (0 epochs, ...), which the method's own defaults are not
+    stage2 = {new: flat.get(old, FLAT_METHOD_KEYS[old]) for old, new in _STAGE2.items()}
     if decoupling != "none":
         classifier = {"name": "ml-gcn", **gcn} if head == "ml-gcn" else {"name": "plain"}
         tau = {"tau": flat["tau_norm"]} if "tau_norm" in flat else {}
@@ -434,6 +436,8 @@ class _Raw:
             raise _unknown(source, key)
 
     def _set(self, section: str, path: list[str], value: Any, source: str) -> None:
+        if section == "method":
+            self._flush()  # old flat method keys given before this key apply first
         data = self.sections[section]
         key = path[0]
         if section == "method":
@@ -460,10 +464,15 @@ class _Raw:
             inner[path[1]] = _plain(value)
         data[key] = inner
 
-    def finish(self) -> dict[str, dict[str, Any]]:
-        if self.flat_method:  # old flat method keys, over what the sections said
+    def _flush(self) -> None:
+        """Old flat method keys (collected together: ``gcn_hidden`` may come before ``head``), over the section."""
+        if self.flat_method:
             flat = {**_method_to_flat(self.sections["method"]), **self.flat_method}
             self.sections["method"] = method_from_flat(flat)
+            self.flat_method = {}
+
+    def finish(self) -> dict[str, dict[str, Any]]:
+        self._flush()
         for source, keys in self.converted.items():
             log.warning("%s: flat configuration keys converted to sections (%s); write them as section.key",
                         source, ", ".join(keys))

@@ -123,7 +123,7 @@ def _reads_features(folder: str, overrides: Sequence[str] = ()) -> bool:
 
     base = _recipe(folder, "_base")
     try:
-        return load_config(base, list(overrides)).dataset in FEATURE_DATASETS
+        return load_config(base, list(overrides)).data.dataset in FEATURE_DATASETS
     except (FileNotFoundError, ValueError):  # no _base recipe: no logreg row
         return False
 
@@ -390,7 +390,9 @@ def _update_readme(readme: str | Path, figures: str | Path | None, setting: str,
                    seeds: Sequence[int], seconds: float, reused: list[str], written: dict[str, Any]) -> None:
     """Write the demo table into the README's block and copy its figures next to it."""
     stem = "demo" if setting == "pretrained" else "demo_scratch"
-    fig_dir = Path(figures) if figures else Path(readme).parent / "docs" / "figures"
+    # README.md at the root (the pretrained table) or a page in docs/ (docs/demo.md: the scratch table): docs/figures
+    here = Path(readme).parent
+    fig_dir = Path(figures) if figures else here / "figures" if here.name == "docs" else here / "docs" / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     links = []
     for fname, path in written["figures"].items():

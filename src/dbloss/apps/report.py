@@ -295,21 +295,21 @@ def write_report(
         ``{"markdown": ..., "html": ..., "class_distribution": ..., "per_class_ap": ...,
         "ap_increment": ...}``, the paths written (figure keys only for figures made).
     """
-    runs = load_rows(run_dirs)  # one per row; a row of one run keeps that run's values (sd: none)
-    seeded = any(len(r["runs"]) > 1 for r in runs)
+    rows = load_rows(run_dirs)  # one per row; a row of one run keeps that run's values (sd: none)
+    seeded = any(len(r["runs"]) > 1 for r in rows)
     over = " (mean over its seeds)" if seeded else ""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
     figures: list[tuple[str, str, Path]] = []  # (key, caption, path)
 
-    ref = next((r for r in runs if _class_info(r) is not None), None)
+    ref = next((r for r in rows if _class_info(r) is not None), None)
     if ref is None:
         notes.append("No run has class_names and train_class_freq in metrics.json; figures skipped.")
     else:
         names, freq, split, head_min, tail_max = _class_info(ref)  # type: ignore[misc]
-        same = [r for r in runs if r.get("class_names") == names and r.get("per_class_ap") is not None]
-        other = [str(r.get("name")) for r in runs if not any(r is s for s in same)]
+        same = [r for r in rows if r.get("class_names") == names and r.get("per_class_ap") is not None]
+        other = [str(r.get("name")) for r in rows if not any(r is s for s in same)]
         if other:
             notes.append(f"Runs left out of the per-class figures (other classes or no per-class AP): {', '.join(other)}.")
         fig = class_distribution_figure(freq, names, head_min, tail_max)
@@ -330,11 +330,11 @@ def write_report(
                                 f"{' (means over seeds)' if seeded else ''}.",
                                 save_figure(fig, out / "ap_increment.png")))
 
-    table = seed_table(runs)  # one run: its values, as results_table shows them
+    table = seed_table(rows)  # one run: its values, as results_table shows them
     values = "All values are percentages (x100)" + (
         "; a row of several seeds: mean ± sample standard deviation over the seeds." if seeded else ".")
     md = [f"# {title}", "", values, "", table, ""]
-    md += [f"- `{r['name']}`: {_seeds_text(r)}" + ", ".join(f"`{d}`" for d in r["run_dirs"]) for r in runs] + [""]
+    md += [f"- `{r['name']}`: {_seeds_text(r)}" + ", ".join(f"`{d}`" for d in r["run_dirs"]) for r in rows] + [""]
     for _, caption, path in figures:
         md += [f"![{caption}]({path.name})", "", f"*{caption}*", ""]
     md += [f"> Note: {n}" for n in notes]
@@ -344,10 +344,10 @@ def write_report(
     parts = [
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
         f"<title>{html.escape(title)}</title>", f"<style>\n{_CSS}\n</style>", "</head>", "<body>",
-        f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(values)}</p>", _html_table(runs),
+        f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(values)}</p>", _html_table(rows),
         "<ul>" + "".join(f"<li><code>{html.escape(str(r['name']))}</code>: {html.escape(_seeds_text(r))}"
                          + ", ".join(f"<code>{html.escape(d)}</code>" for d in r["run_dirs"]) + "</li>"
-                         for r in runs) + "</ul>",
+                         for r in rows) + "</ul>",
     ]
     for n in notes:
         parts.append(f'<p class="note">Note: {html.escape(n)}</p>')

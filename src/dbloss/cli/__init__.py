@@ -339,8 +339,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "the paper's regime; scratch: the same network from random initialisation")
     d.add_argument("--epochs", type=int, default=None, help="override the demo recipes' epochs")
     d.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides for every recipe")
-    d.add_argument("--readme", help="also write the table into this Markdown file's demo block (README.md)")
-    d.add_argument("--figures", help="with --readme: folder for the figures (default: docs/figures beside it)")
+    d.add_argument("--readme", help="also write the table into this Markdown file's demo block (README.md; "
+                   "docs/demo.md for --setting scratch)")
+    d.add_argument("--figures", help="with --readme: folder for the figures (default: docs/figures)")
     d.add_argument("--fresh", action="store_true", help="retrain finished runs instead of reusing them")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=_cmd_demo)

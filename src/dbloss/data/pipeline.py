@@ -84,7 +84,7 @@ def read_tables(cfg: TrainConfig) -> tuple[MultiLabelSet, MultiLabelSet]:
         test = coco.read_coco(paths.test_json, paths.image_root)
     elif kind in ("coco-json", "csv"):
         for f in ("train_ann", "test_ann"):
-            if not getattr(cfg, f):
+            if not getattr(cfg.data, f):
                 raise ValueError(f"data.dataset={kind!r} needs `data.{f}`")
         if kind == "coco-json":
             train = coco.read_coco(cfg.data.train_ann, cfg.data.train_images or Path(cfg.data.train_ann).parent)
@@ -206,7 +206,7 @@ def _build_text_csv(cfg: TrainConfig) -> DataBundle:
     from dbloss.data.text import read_text_csv
 
     for f in ("train_ann", "test_ann"):
-        if not getattr(cfg, f):
+        if not getattr(cfg.data, f):
             raise ValueError(f"data.dataset='text-csv' needs `data.{f}` (a CSV file of documents)")
     read = lambda path, classes: read_text_csv(path, text_column=cfg.data.text_column,  # noqa: E731
                                                 label_column=cfg.data.label_column, label_sep=cfg.data.label_sep,

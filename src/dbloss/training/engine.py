@@ -596,7 +596,7 @@ def _check_health(model: nn.Module, data: DataBundle, cfg: TrainConfig, device: 
     if collapsed is not None:
         if cfg.run.health == "stop":
             runlog.write(type="health", kind="collapse", epoch=state.epoch, message=collapsed)
-            raise TrainingCollapsedError(f"{collapsed} (health=warn goes on training instead)")
+            raise TrainingCollapsedError(f"{collapsed} (run.health=warn goes on training instead)")
         _report_health("collapse", collapsed, state, runlog, env)
     stalled = stalled_loss_message(state.losses, **advice)
     if stalled is not None:
@@ -723,11 +723,11 @@ def _read_resume(src: Path, cfg: TrainConfig, method: Method, device: torch.devi
             raise UsageError(f"--resume: checkpoint {src} was trained with {key}={_dotted(saved_cfg, key)!r}, "
                              f"but this run has {key}={_dotted(cfg, key)!r}")
     stage = ckpt.get("stage", 1)
-    saved = create_method(saved_cfg.method).resume_keys(stage)
-    for key, value in method.resume_keys(stage).items():
-        if saved.get(key) != value:
+    saved, ours = create_method(saved_cfg.method).resume_keys(stage), method.resume_keys(stage)
+    for key in [*ours, *(k for k in saved if k not in ours)]:
+        if saved.get(key) != ours.get(key):
             raise UsageError(f"--resume: checkpoint {src} (stage {stage}) was trained with {key}={saved.get(key)!r}, "
-                             f"but this run has {key}={value!r}")
+                             f"but this run has {key}={ours.get(key)!r}")
     return ckpt
 
 

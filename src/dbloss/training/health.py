@@ -46,15 +46,15 @@ def lr_advice(lr: float, optimizer: str, weight_decay: float = 0.0) -> str:
     :data:`STRONG_DECAY` or more per step.
 
     >>> lr_advice(0.5, "sgd")
-    'the learning rate lr=0.5 (sgd) is the likely cause: try lr=0.05, or let `dbloss tune` choose it on a validation split'
+    'the learning rate lr=0.5 (sgd) is the likely cause: try optim.lr=0.05, or let `dbloss tune` choose it on a validation split'
     >>> lr_advice(0.1, "sgd", weight_decay=30)[:80]
     'the learning rate lr=0.1 (sgd) with weight_decay=30 (each step shrinks the weigh'
     """
     if weight_decay > 1e-3 and lr * weight_decay >= STRONG_DECAY:
         return (f"the learning rate lr={lr:g} ({optimizer}) with weight_decay={weight_decay:g} (each step shrinks the "
-                f"weights by {min(lr * weight_decay, 1):.0%}) is the likely cause: try weight_decay="
-                f"{weight_decay / 100:g} or lr={lr / 10:g}, or let `dbloss tune` choose them on a validation split")
-    return (f"the learning rate lr={lr:g} ({optimizer}) is the likely cause: try lr={lr / 10:g}, or let "
+                f"weights by {min(lr * weight_decay, 1):.0%}) is the likely cause: try optim.weight_decay="
+                f"{weight_decay / 100:g} or optim.lr={lr / 10:g}, or let `dbloss tune` choose them on a validation split")
+    return (f"the learning rate lr={lr:g} ({optimizer}) is the likely cause: try optim.lr={lr / 10:g}, or let "
             f"`dbloss tune` choose it on a validation split")
 
 
@@ -96,7 +96,7 @@ def stalled_loss_message(losses: Sequence[float], *, lr: float, optimizer: str,
     if losses[-1] > first * 1.01:
         return f"{seen}: it rose; {lr_advice(lr, optimizer, weight_decay)}"
     return (f"{seen}: with a step far too large the model stops learning (or collapses), with one far too small it "
-            f"never starts; try lr={lr / 10:g} and lr={lr * 10:g} ({optimizer}), or let `dbloss tune` choose it on "
+            f"never starts; try optim.lr={lr / 10:g} and optim.lr={lr * 10:g} ({optimizer}), or let `dbloss tune` choose it on "
             f"a validation split")
 
 
@@ -130,14 +130,14 @@ def chance_message(val_map: float, chance: float, *, epoch: int, lr: float, opti
         return None
     return (f"validation mAP {val_map:.4f} after epoch {epoch} is at chance level ({chance:.4f}, the mean class "
             f"prevalence): the model has learned nearly nothing; if its loss does not fall, "
-            f"{lr_advice(lr, optimizer, weight_decay)}; if it falls slowly, try lr={lr * 10:g} or train longer")
+            f"{lr_advice(lr, optimizer, weight_decay)}; if it falls slowly, try optim.lr={lr * 10:g} or train longer")
 
 
 def non_finite_advice(lr: float, optimizer: str, grad_clip: float | None) -> str:
     """The fix to name with a non-finite loss.
 
     >>> non_finite_advice(50.0, "sgd", None)[:60]
-    'the learning rate lr=50 (sgd) is the likely cause: try lr=5,'
+    'the learning rate lr=50 (sgd) is the likely cause: try optim.lr=5,'
     """
-    clip = "" if grad_clip else "; gradient clipping (grad_clip=35) also guards against it"
+    clip = "" if grad_clip else "; gradient clipping (optim.grad_clip=35) also guards against it"
     return lr_advice(lr, optimizer) + clip
