@@ -32,7 +32,7 @@ def test_stalled_loss_names_a_rise_as_a_step_too_large():
     rose = stalled_loss_message([0.17, 0.4, 0.62], lr=50.0, optimizer="sgd")
     assert "it rose" in rose and "try optim.lr=5" in rose
     flat = stalled_loss_message([0.0018, 0.0018, 0.0018, 0.0018], lr=0.5, optimizer="adamw")
-    assert "try optim.lr=0.05 and lr=5 (adamw)" in flat
+    assert "try optim.lr=0.05 and optim.lr=5 (adamw)" in flat
     assert stalled_loss_message([1.0, 0.9, 1.1], lr=0.1, optimizer="sgd") is None  # it fell once
 
 

@@ -136,7 +136,7 @@ def chance_message(val_map: float, chance: float, *, epoch: int, lr: float, opti
 def non_finite_advice(lr: float, optimizer: str, grad_clip: float | None) -> str:
     """The fix to name with a non-finite loss.
 
-    >>> non_finite_advice(50.0, "sgd", None)[:60]
+    >>> non_finite_advice(50.0, "sgd", None)[:66]
     'the learning rate lr=50 (sgd) is the likely cause: try optim.lr=5,'
     """
     clip = "" if grad_clip else "; gradient clipping (optim.grad_clip=35) also guards against it"
