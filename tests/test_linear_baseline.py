@@ -176,7 +176,7 @@ def test_logreg_is_a_row_of_a_comparison(tmp_path, capsys):
     assert [r["row"] for r in json.loads((out / "results.json").read_text())["rows"]] == ["erm", "logreg"]
     assert written["figures"]["per_class_ap.png"].is_file()
     saved = yaml.safe_load((out / "logreg" / "seed0" / "config.yaml").read_text())
-    assert (saved["name"], saved["seed"], saved["dataset"]) == ("logreg", 0, "features")
+    assert (saved["run"]["name"], saved["run"]["seed"], saved["data"]["dataset"]) == ("logreg", 0, "features")
 
     reused: list[str] = []
     run_comparison(str(folder), ["logreg"], [0], out, progress=False, reused=reused)
@@ -200,13 +200,13 @@ def test_the_baseline_command(tmp_path, capsys):
 
     train_f, test_f = _feature_files(tmp_path, n_train=150, n_test=60, classes=4)
     recipe = tmp_path / "feats.yaml"
-    recipe.write_text(yaml.safe_dump({"dataset": "features", "train_ann": str(train_f), "test_ann": str(test_f)}))
+    recipe.write_text(yaml.safe_dump({"data": {"dataset": "features", "train_ann": str(train_f), "test_ann": str(test_f)}}))
     out = tmp_path / "b"
     assert main(["baseline", str(recipe), "run.seed=3", "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "| logreg | logistic | – |" in printed and str(out / "metrics.json") in printed
     cfg = yaml.safe_load((out / "config.yaml").read_text())
-    assert (cfg["seed"], cfg["name"]) == (3, "logreg")
+    assert (cfg["run"]["seed"], cfg["run"]["name"]) == (3, "logreg")
     assert json.loads((out / "logreg.json").read_text())["num_val"] == 15  # 10% of 150, no val_size in the recipe
     assert main(["baseline", "demo/rs", "--out", str(tmp_path / "img"), "--no-progress"]) == 2
     assert "data.dataset='demo' is an image dataset" in capsys.readouterr().err

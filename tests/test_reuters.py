@@ -143,9 +143,9 @@ def test_text_features_validated():
     from dbloss.data.pipeline import text_vectorizer
 
     assert load_config("reuters/bce").data.text_features == "huang" and load_config("reuters/bce").data.tfidf_max_features is None
-    with pytest.raises(ValueError, match="`text_features` to be one of \\('huang', 'sublinear'\\), but got 'bigram'"):
+    with pytest.raises(ValueError, match="`data.text_features` to be one of \\('huang', 'sublinear'\\), but got 'bigram'"):
         load_config("reuters/bce", ["data.text_features=bigram"])
-    with pytest.raises(ValueError, match="`tfidf_max_features` >= 1 or null"):
+    with pytest.raises(ValueError, match="`data.tfidf_max_features` >= 1 or null"):
         load_config("reuters/bce", ["data.tfidf_max_features=0"])
     with pytest.raises(ValueError, match="text_features"):
         text_vectorizer("bigram")

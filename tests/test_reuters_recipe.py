@@ -96,7 +96,8 @@ def test_recipes_share_protocol_and_optimiser():
         assert (cfg.data.text_features, cfg.data.tfidf_max_features) == ("huang", None)
         assert cfg.eval.keep_best and cfg.eval.patience == 5
         # data, features, model, selection and optimiser come from the base: one setting for the whole table
-        assert {k for k, v in cfg.to_dict().items() if v != base[k]} <= {"name", "loss", "loss_args"}, row
+        own = {f"{s}.{k}" for s, keys in cfg.to_dict().items() for k, v in keys.items() if v != base[s].get(k)}
+        assert own <= {"run.name", "loss.name", "loss.args"}, row
         assert (cfg.optim.name, cfg.schedule.epochs, cfg.optim.batch_size, cfg.optim.lr, cfg.schedule.lr_steps) == ("sgd", 20, 64, 1.0, []), row
 
 

@@ -11,7 +11,7 @@ import optuna
 import pytest
 
 from dbloss.cli import main
-from dbloss.config import TrainConfig, load_config
+from dbloss.config import load_config
 from dbloss.data.synthetic import write_synthetic_features
 from dbloss.training.engine import train
 from dbloss.training.tune import final_config, search_space, tune
@@ -40,7 +40,7 @@ def test_tune_chooses_on_validation_writes_the_run_and_the_recipe_retrains_to_th
     rows = _trials(out)
     assert len(rows) == 3 and all(r["state"] in ("COMPLETE", "PRUNED") for r in rows)
     recipe = load_config("features/db_focal", features)
-    assert (rows[0]["lr"], rows[0]["weight_decay"], rows[0]["neck_dim"]) == (recipe.optim.lr, recipe.optim.weight_decay, 0)
+    assert (rows[0]["optim.lr"], rows[0]["optim.weight_decay"], rows[0]["model.neck_dim"]) == (recipe.optim.lr, recipe.optim.weight_decay, 0)
     assert all(r["seconds"] > 0 and r["val_mAP"] > 0 for r in rows)
     for r in rows:  # trials never test: no metrics, no predictions, no weights kept
         trial_dir = out / "trials" / f"{r['number']:04d}"
@@ -49,7 +49,7 @@ def test_tune_chooses_on_validation_writes_the_run_and_the_recipe_retrains_to_th
     best = max((r for r in rows if r["state"] == "COMPLETE"), key=lambda r: r["val_mAP"])
     assert res["best_trial"]["number"] == best["number"]
     tuned = load_config(out / "tuned.yaml")
-    assert tuned.optim.lr == pytest.approx(best["lr"]) and tuned.data.val_size == 0 and not tuned.eval.keep_best
+    assert tuned.optim.lr == pytest.approx(best["optim.lr"]) and tuned.data.val_size == 0 and not tuned.eval.keep_best
     assert tuned.schedule.epochs == best["best_epoch"]  # the epochs the best trial kept, on all training samples
     again = train(load_config(out / "tuned.yaml", [f"run.out_dir={tmp_path / 'again'}"]), progress=False)
     assert again["mAP"] == res["metrics"]["mAP"] == json.loads((out / "metrics.json").read_text())["mAP"]
@@ -63,7 +63,7 @@ def test_the_test_split_plays_no_part_in_the_choice(features, tmp_path):
         np.savez(shuffled, features=z["features"], labels=z["labels"][::-1], class_names=z["class_names"])
     a = tune("features/erm", features, trials=2, out=tmp_path / "a", progress=False)
     b = tune("features/erm", [*features, f"data.test_ann={shuffled}"], trials=2, out=tmp_path / "b", progress=False)
-    keys = ("lr", "weight_decay", "neck_dim", "val_mAP", "best_epoch")
+    keys = ("optim.lr", "optim.weight_decay", "model.neck_dim", "val_mAP", "best_epoch")
     assert [{k: r[k] for k in keys} for r in a["trials"]] == [{k: r[k] for k in keys} for r in b["trials"]]
     assert a["metrics"]["mAP"]["total"] != b["metrics"]["mAP"]["total"]  # the test itself did change
 
@@ -98,7 +98,7 @@ def test_a_trial_below_the_median_is_pruned(features, tmp_path):
     tune("features/erm", [*features, "eval.patience=0", "schedule.epochs=6"], trials=2, out=out, progress=False,
          startup_trials=2)
     study = optuna.load_study(study_name="erm", storage=f"sqlite:///{(out / 'study.db').resolve()}")
-    study.enqueue_trial({"lr": 0.01 / 30, "weight_decay": 1e-4, "neck_dim": 0})  # a rate far too small
+    study.enqueue_trial({"optim.lr": 0.01 / 30, "optim.weight_decay": 1e-4, "model.neck_dim": 0})  # a rate far too small
     tune("features/erm", [*features, "eval.patience=0", "schedule.epochs=6"], trials=3, out=out, progress=False,
          startup_trials=2, prune_warmup=1)
     rows = _trials(out)
@@ -120,17 +120,18 @@ def test_two_processes_share_one_study_through_its_storage(features, tmp_path):
 
 
 def test_search_space_widens_to_hold_the_recipe_and_names_the_db_terms():
-    cfg = TrainConfig(loss="ntr-focal", lr=0.5, weight_decay=0.0, loss_args={"neg_scale": 10.0})
+    cfg = load_config(None, ["loss.name=ntr-focal", "optim.lr=0.5", "optim.weight_decay=0.0", "loss.args={neg_scale: 10.0}"])
     space = {p.key: p for p in search_space(cfg, "image")}
-    assert set(space) == {"lr", "weight_decay", "loss.args.neg_scale", "loss.args.init_bias"}
-    assert space["lr"].low == pytest.approx(0.5 / 30) and space["lr"].high == pytest.approx(15.0)
+    assert set(space) == {"optim.lr", "optim.weight_decay", "loss.args.neg_scale", "loss.args.init_bias"}
+    assert space["optim.lr"].low == pytest.approx(0.5 / 30) and space["optim.lr"].high == pytest.approx(15.0)
     assert space["loss.args.neg_scale"].high == 10.0 and space["loss.args.neg_scale"].initial == 10.0
     assert space["loss.args.init_bias"].initial == 0.05  # the loss's default
 
 
 def test_the_final_run_follows_the_best_trials_schedule(tmp_path):
-    cfg = TrainConfig(epochs=8, lr_steps=[0.625, 0.875], val_size=100, keep_best=True, threshold_search=[0.3, 0.7, 0.1])
-    final = final_config(cfg, {"lr": 0.05}, {"epoch": 6, "threshold": 0.4}, tmp_path)
+    cfg = load_config(None, ["schedule.epochs=8", "schedule.lr_steps=[0.625, 0.875]", "data.val_size=100",
+                             "eval.keep_best=true", "eval.threshold_search=[0.3, 0.7, 0.1]"])
+    final = final_config(cfg, {"optim.lr": 0.05}, {"epoch": 6, "threshold": 0.4}, tmp_path)
     from dbloss.training.engine import get_lr
 
     assert (final.schedule.epochs, final.data.val_size, final.eval.keep_best, final.eval.threshold, final.optim.lr) == (6, 0, False, 0.4, 0.05)
@@ -154,8 +155,8 @@ def test_tune_an_image_recipe(demo_root, tmp_path):
     res = tune("demo/rs", [f"data.root={demo_root}", "model.weights=none", "schedule.epochs=3", "run.device=cpu"], trials=2, out=out,
                progress=False)
     rows = _trials(out)
-    assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE"] and rows[0]["lr"] == pytest.approx(0.02)
-    assert "neck_dim" not in rows[0]  # the head is searched on features only
+    assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE"] and rows[0]["optim.lr"] == pytest.approx(0.02)
+    assert "model.neck_dim" not in rows[0]  # the head is searched on features only
     tuned = load_config(out / "tuned.yaml")
     assert tuned.schedule.epochs == res["best_trial"]["best_epoch"] and tuned.data.val_size == 0
     assert 0 < res["metrics"]["mAP"]["total"] <= 1
