@@ -41,6 +41,14 @@ __all__ = ["load_rows", "load_runs", "results_table", "format_mean_sd", "seed_su
 _REQUIRED = ("name", "loss", "sampler", "mAP")
 
 
+def _as_list(items: Any) -> list[Any]:
+    """One run folder or several, as a non-empty list."""
+    items = [items] if isinstance(items, (str, Path)) else list(items)
+    if not items:
+        raise ValueError("Expected at least one run folder, but got none")
+    return items
+
+
 def load_runs(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
     """Read ``RUN_DIR/metrics.json`` of every run folder, in the order given.
 
@@ -52,10 +60,7 @@ def load_runs(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
         ValueError: ``metrics.json`` is not valid JSON, not an object, lacks a required field
             (``name``, ``loss``, ``sampler``, ``mAP``) or has inconsistent per-class lists.
     """
-    if isinstance(run_dirs, (str, Path)):
-        run_dirs = [run_dirs]
-    if not run_dirs:
-        raise ValueError("Expected at least one run folder, but got none")
+    run_dirs = _as_list(run_dirs)
     runs = []
     for d in run_dirs:
         d = Path(d)
@@ -150,10 +155,7 @@ def load_rows(items: Sequence[str | Path | Sequence[str | Path]]) -> list[dict[s
         FileNotFoundError, ValueError: as :func:`load_runs`; also a row whose runs have different
             names or classes (seeds of one recipe share both).
     """
-    if isinstance(items, (str, Path)):
-        items = [items]
-    if not items:
-        raise ValueError("Expected at least one run folder, but got none")
+    items = _as_list(items)
     rows = []
     for item in items:
         if isinstance(item, (str, Path)):

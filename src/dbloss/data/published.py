@@ -22,7 +22,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from dbloss.data.download import (BENCHMARK_DATA, Archive, DownloadError, download_dataset, download_file,
                                   mirror_url, resolve_mirror)
@@ -190,17 +190,8 @@ def fetch_published_subset(
 DATASET_SUBSETS: dict[str, str] = {"voc2012": "voc-mlt", "coco2017": "coco-mlt"}
 
 
-def download_with_subset(
-    name: str,
-    dest: str | Path = "data",
-    *,
-    mirror: str | None = None,
-    keep_archives: bool = False,
-    subset: bool = True,
-    progress: bool = True,
-    archives: Sequence[Archive] | None = None,
-    **download_kwargs: float,
-) -> Path:
+def download_with_subset(name: str, dest: str | Path = "data", *, subset: bool = True, mirror: str | None = None,
+                         archives: Sequence[Archive] | None = None, **download_kwargs: Any) -> Path:
     """:func:`dbloss.data.download.download_dataset`, then the data set's published id list; return its ``data_root``.
 
     ``download_with_subset("voc2012", "data")`` leaves ``data/VOCdevkit/VOC2012/`` and
@@ -209,7 +200,7 @@ def download_with_subset(
     "coco-mlt") does so for each of its data sets in turn.
 
     Args:
-        name, dest, mirror, keep_archives, progress, archives, download_kwargs: as
+        name, dest, mirror, archives, download_kwargs (``keep_archives``, ``progress``, timeouts): as
             :func:`dbloss.data.download.download_dataset`.
         subset: also fetch and verify the list of :data:`DATASET_SUBSETS` (VOC-MLT with voc2012,
             COCO-MLT with coco2017) into ``dest/published``, from the mirror when one is given
@@ -218,11 +209,10 @@ def download_with_subset(
     A second call with everything in place does nothing.
     """
     if name in BENCHMARK_DATA and archives is None:
-        roots = [download_with_subset(part, dest, mirror=mirror, keep_archives=keep_archives, subset=subset,
-                                      progress=progress, **download_kwargs) for part in BENCHMARK_DATA[name]]
+        roots = [download_with_subset(part, dest, subset=subset, mirror=mirror, **download_kwargs)
+                 for part in BENCHMARK_DATA[name]]
         return roots[0]
-    root = download_dataset(name, dest, mirror=mirror, keep_archives=keep_archives, progress=progress,
-                            archives=archives, **download_kwargs)
+    root = download_dataset(name, dest, mirror=mirror, archives=archives, **download_kwargs)
     if subset and name in DATASET_SUBSETS:
         spec = PUBLISHED_SUBSETS[DATASET_SUBSETS[name]]
         folder = Path(dest) / "published"
