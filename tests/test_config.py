@@ -9,7 +9,7 @@ import yaml
 
 from dbloss.config import (TrainConfig, flat_view, list_recipes, load_config, recipe_dir, save_config,
                            saved_config_matches)
-from dbloss.training.engine import get_lr, lr_step_epochs, schedule_warnings
+from dbloss.training.schedule import get_lr, lr_step_epochs, schedule_warnings
 
 
 def test_shipped_recipes_all_load():

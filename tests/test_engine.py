@@ -429,3 +429,30 @@ def test_bias_init_prior_starts_every_logit_at_its_class_prior(feature_files, tm
                       input_type="features", in_features=16, stats=stats)
     assert load_config("features/db_focal").model.bias_init == "prior" and load_config("voc_mlt/db_focal").model.bias_init == \
         "default"
+
+
+def test_a_run_folder_saved_before_the_sections_still_loads_evaluates_predicts_and_resumes(feature_files, tmp_path):
+    """An old run folder (flat ``config.yaml`` and checkpoint ``config``) is read with its keys converted:
+    evaluated, rebuilt for prediction and resumed, to the same model and numbers."""
+    import yaml
+
+    from dbloss.apps.predict import Predictor
+    from dbloss.config import flat_view
+    from dbloss.files import load_checkpoint, save_checkpoint
+
+    train_f, test_f = feature_files
+    out = tmp_path / "old"
+    cfg = load_config(None, feature_overrides(train_f, test_f, out, epochs=2))
+    res = train(cfg, progress=False)
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    flat = flat_view(cfg)
+    assert "epochs" in flat and "optim" not in flat
+    save_checkpoint(out / "checkpoint.pt", {**ckpt, "config": flat})  # as an earlier version wrote it
+    (out / "config.yaml").write_text(yaml.safe_dump(flat))
+    again = evaluate_checkpoint(out / "checkpoint.pt", tmp_path / "eval", progress=False)
+    assert again["mAP"] == res["mAP"]
+    predictor = Predictor.from_checkpoint(out, device="cpu")
+    assert predictor.config == cfg
+    longer = load_config(None, feature_overrides(train_f, test_f, out, epochs=3))
+    resumed = train(longer, resume=True, progress=False)
+    assert resumed["epochs"] == 3 and load_checkpoint(out / "checkpoint.pt")["epoch"] == 3

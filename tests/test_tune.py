@@ -132,7 +132,7 @@ def test_the_final_run_follows_the_best_trials_schedule(tmp_path):
     cfg = load_config(None, ["schedule.epochs=8", "schedule.lr_steps=[0.625, 0.875]", "data.val_size=100",
                              "eval.keep_best=true", "eval.threshold_search=[0.3, 0.7, 0.1]"])
     final = final_config(cfg, {"optim.lr": 0.05}, {"epoch": 6, "threshold": 0.4}, tmp_path)
-    from dbloss.training.engine import get_lr
+    from dbloss.training.schedule import get_lr
 
     assert (final.schedule.epochs, final.data.val_size, final.eval.keep_best, final.eval.threshold, final.optim.lr) == (6, 0, False, 0.4, 0.05)
     trial = load_config(None, ["optim.lr=0.05"], base=cfg.to_dict())

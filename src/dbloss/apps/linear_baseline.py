@@ -316,10 +316,10 @@ def _check_dataset(cfg: TrainConfig) -> None:
 
 
 def _validation_record(fit: LogRegFit, cfg: TrainConfig) -> dict[str, Any]:
-    """What :func:`dbloss.training.engine.validation_scores` records, from the chosen setting's validation scores:
+    """What :func:`dbloss.training.evaluation.validation_scores` records, from the chosen setting's validation scores:
     the global threshold maximising validation micro-F1 over the recipe's ``threshold_search`` grid
     (:data:`DEFAULT_THRESHOLD_SEARCH` when it has none) and the per-class thresholds."""
-    from dbloss.training.engine import select_threshold
+    from dbloss.training.evaluation import select_threshold
     from dbloss.metrics import f1_scores
     from dbloss.thresholds import per_class_thresholds
 
@@ -334,7 +334,7 @@ def _validation_record(fit: LogRegFit, cfg: TrainConfig) -> dict[str, Any]:
 def _open_run_dir(out: Path, overwrite: bool) -> None:
     """Create the run folder; refuse one that holds a run (a network's or this baseline's) unless
     ``overwrite``, and then remove that run's result files first."""
-    from dbloss.training.engine import RUN_FILES
+    from dbloss.training.checkpoints import RUN_FILES
 
     held = [f for f in (*RUN_FILES, "logreg.json") if (out / f).exists()]
     if held and not overwrite:
@@ -375,7 +375,7 @@ def train_logistic_regression(cfg: TrainConfig, *, overwrite: bool = False, prog
     >>> cfg = load_config("reuters/_base", ["run.name=logreg", "run.out_dir=runs/logreg"])  # doctest: +SKIP
     >>> res = train_logistic_regression(cfg)  # doctest: +SKIP
     """
-    from dbloss.training.engine import _write_results, result_record
+    from dbloss.training.evaluation import result_record, write_results
     from dbloss.files import write_json
     from dbloss.data.pipeline import build_data
     from dbloss.stats import LabelStats
@@ -402,7 +402,7 @@ def train_logistic_regression(cfg: TrainConfig, *, overwrite: bool = False, prog
     num_train = len(data.train) + (0 if val is None else len(val))
     # no epochs; no network whose training dbloss.training.health watches (the engine's "health" findings: none)
     res.update(loss="logistic", sampler="–", epochs=None, num_train=num_train, health=[])
-    _write_results(out, res, scores, targets)
+    write_results(out, res, scores, targets)
     write_json(out / "logreg.json", {
         "C": fit.C, "class_weight": fit.class_weight, "grid": fit.grid, "seconds": fit.seconds,
         "solver": SOLVER, "max_iter": MAX_ITER, "c_grid": list(C_GRID), "class_weights": list(CLASS_WEIGHTS),

@@ -88,7 +88,8 @@ def bbn_loss(loss_fn: nn.Module, logits: torch.Tensor, targets_c: torch.Tensor, 
     Args:
         loss_fn: the recipe's loss (any of ``build_loss``), ``(B, C) logits, (B, C) targets -> loss``.
         logits: (B, C) the mixed logits ``z`` of :class:`BBNNetwork`.
-        targets_c, targets_r: (B, C) the labels of the conventional and the re-balancing batch.
+        targets_c: (B, C) the labels of the conventional batch.
+        targets_r: (B, C) the labels of the re-balancing batch.
         alpha: the conventional branch's weight (:func:`cumulative_alpha`).
     """
     return alpha * loss_fn(logits, targets_c) + (1.0 - alpha) * loss_fn(logits, targets_r)

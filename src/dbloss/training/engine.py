@@ -9,9 +9,13 @@
   (``train_data``), the loss of a step (``step_loss``) and the stages (``stages``, ``enter_stage``):
   a method with a second stage runs the same loop over :func:`train_one_epoch` with the stage's
   configuration, in the same run folder; checkpoints name their stage, so ``--resume`` continues in it.
-* :func:`evaluate` (``-> (scores, targets)``) predicts a dataset; :func:`evaluate_checkpoint`
-  tests a saved checkpoint with the same :func:`build`.
-* Pure helpers: :func:`get_lr`, :func:`lr_step_epochs`, :func:`schedule_warnings`, :func:`result_record`.
+* :func:`evaluate_checkpoint` tests a saved checkpoint with the same :func:`build`;
+  :func:`model_from_checkpoint` rebuilds a trained model for prediction and export.
+
+Around it, one module per concern: :mod:`dbloss.training.schedule` (optimiser, warm-up, step
+decays, their warnings), :mod:`dbloss.training.loaders` (devices, loaders, the training sampler),
+:mod:`dbloss.training.evaluation` (scores, thresholds, the test record),
+:mod:`dbloss.training.checkpoints` (run folders, resuming) and :mod:`dbloss.training.health`.
 
 Runs in one process or under ``torchrun`` (DistributedDataParallel; only rank 0 logs and saves).
 Checkpoints hold tensors and plain types only and are read with ``weights_only=True``
@@ -20,224 +24,41 @@ Checkpoints hold tensors and plain types only and are read with ``weights_only=T
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import math
-import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
-from dbloss.config import TrainConfig, load_config, save_config
-from dbloss.data.features import collate_features
-from dbloss.devices import autocast, to_input
+from dbloss.config import TrainConfig, load_config
+from dbloss.data.pipeline import DataBundle, build_data, eval_view, prepare_data
+from dbloss.distributed import DistEnv, barrier, init_distributed
+from dbloss.errors import NonFiniteLossError, TrainingCollapsedError, UsageError
+from dbloss.files import load_checkpoint, save_checkpoint
+from dbloss.losses import build_loss
 from dbloss.methods import Method, Stage, StageContext, create_method
 from dbloss.methods.base import trainable_parameters
-from dbloss.distributed import DistEnv, barrier, gather_predictions, init_distributed
-from dbloss.errors import NonFiniteLossError, TrainingCollapsedError, UsageError
-from dbloss.training.health import chance_map, chance_message, collapse_message, non_finite_advice, stalled_loss_message
-from dbloss.files import jsonable, load_checkpoint, save_checkpoint, write_json, write_text
-from dbloss.losses import build_loss
-from dbloss.metrics import f1_scores, mean_average_precision, nanmean, summarize
-from dbloss.models.classifier import build_model, is_pretrained, resolve_frozen_stages
-from dbloss.data.pipeline import DataBundle, build_data, eval_view, prepare_data
+from dbloss.models.classifier import build_model
 from dbloss.models.pretrain import BUILTIN_WEIGHTS, resolve_weights
-from dbloss.sampling import ClassAwareSampler, ReversedSampler
+from dbloss.models.weights import is_pretrained, resolve_frozen_stages
 from dbloss.stats import LabelStats
-from dbloss.thresholds import per_class_thresholds
-from dbloss.tables import results_table
+from dbloss.training.checkpoints import (RUN_FILES, check_run_dir, read_checkpoint, read_resume, resume_source,
+                                         rng_state, start_run_dir, store_thresholds)
+from dbloss.training.evaluation import dataset_targets, test_model, validation_scores, write_results
+from dbloss.training.health import chance_map, chance_message, collapse_message, non_finite_advice, stalled_loss_message
+from dbloss.training.loaders import (make_loader, progress_batches, resolve_device, run_autocast, run_inputs,
+                                     train_loader)
+from dbloss.training.schedule import build_optimizer, get_lr
 
-__all__ = ["NonFiniteLossError", "RUN_FILES", "build", "build_network", "build_optimizer", "evaluate",
-           "evaluate_checkpoint", "get_lr", "lr_step_epochs", "model_from_checkpoint", "predict", "sampling_label",
-           "schedule_warnings", "result_record", "train", "train_one_epoch", "validation_scores"]
+__all__ = ["NonFiniteLossError", "RUN_FILES", "build", "build_network", "evaluate_checkpoint", "model_from_checkpoint",
+           "prior_bias_", "train", "train_one_epoch"]
 
 log = logging.getLogger(__name__)
-
-#: The files whose presence means that a run folder holds a run (``--resume`` or ``--overwrite`` it).
-RUN_FILES: tuple[str, ...] = ("checkpoint.pt", "best.pt", "metrics.json")
-#: What a run writes and ``--overwrite`` removes first (``log.jsonl`` is appended to, so it must go).
-_REPLACED_FILES: tuple[str, ...] = (*RUN_FILES, "metrics.md", "predictions.npz", "log.jsonl")
-#: Configuration keys a resumed run must share with its checkpoint (besides its method's, Method.resume_keys).
-_RESUME_KEYS: tuple[str, ...] = ("loss.name", "data.dataset", "sampler.name", "run.seed", "optim.batch_size",
-                                 "optim.name")
-
-
-# ---------------------------------------------------------------------------------------------
-# Pure helpers: the schedule
-# ---------------------------------------------------------------------------------------------
-
-def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with momentum (the paper's) or AdamW (decoupled weight decay), at ``cfg.optim.lr``;
-    the schedule (:func:`get_lr`) sets each step's rate."""
-    if cfg.optim.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
-
-
-def lr_step_epochs(cfg: TrainConfig) -> list[int]:
-    """The epochs (0-based, the first epoch run at the decayed rate) of the step decays:
-    ``lr_steps`` are fractions of ``cfg.schedule.epochs``, rounded half up, so that changing ``epochs``
-    keeps the schedule's shape.
-
-    >>> from dbloss.config import TrainConfig
-    >>> lr_step_epochs(load_config(None, ["schedule.epochs=8"])), lr_step_epochs(load_config(None, ["schedule.epochs=16"]))
-    ([5, 7], [10, 14])
-    """
-    return [int(math.floor(f * cfg.schedule.epochs + 0.5)) for f in cfg.schedule.lr_steps]
-
-
-def get_lr(cfg: TrainConfig, it: int, epoch: int) -> float:
-    """Learning rate at global iteration ``it`` in ``epoch`` (0-based): step decay by ``lr_gamma``
-    at each epoch of :func:`lr_step_epochs`, times mmcv's linear warm-up factor over the first
-    ``warmup_iters`` iterations, which rises from ``warmup_ratio`` to 1.
-
-    >>> from dbloss.config import TrainConfig
-    >>> cfg = load_config(None, ["optim.lr=0.02", "schedule.warmup_iters=500", "schedule.epochs=8"])  # steps at 5/8, 7/8
-    >>> round(get_lr(cfg, 0, 0), 5), get_lr(cfg, 600, 1), round(get_lr(cfg, 9000, 7), 6)
-    (0.00667, 0.02, 0.0002)
-    """
-    lr = cfg.optim.lr * cfg.schedule.lr_gamma ** sum(epoch >= s for s in lr_step_epochs(cfg))
-    if it < cfg.schedule.warmup_iters:
-        lr *= 1 - (1 - it / cfg.schedule.warmup_iters) * (1 - cfg.schedule.warmup_ratio)
-    return lr
-
-
-def _step_warnings(cfg: TrainConfig, steps: list[int]) -> list[str]:
-    out = []
-    for frac, ep in zip(cfg.schedule.lr_steps, steps):
-        if ep >= cfg.schedule.epochs:
-            out.append(f"lr step at {frac:g} of training falls at epoch {ep + 1} of {cfg.schedule.epochs}: it never happens "
-                       f"(the whole run is at the full rate)")
-        elif ep <= 0:
-            out.append(f"lr step at {frac:g} of training falls at epoch 1 of {cfg.schedule.epochs}: the run never trains at "
-                       f"the full rate")
-    inside = [s for s in steps if 0 < s < cfg.schedule.epochs]
-    if len(set(inside)) < len(inside):
-        out.append(f"schedule.lr_steps {cfg.schedule.lr_steps} put two decays in the same epoch with schedule.epochs={cfg.schedule.epochs} ({steps})")
-    return out
-
-
-def _warmup_warnings(cfg: TrainConfig, steps: list[int], iters_per_epoch: int) -> list[str]:
-    total = iters_per_epoch * cfg.schedule.epochs
-    if cfg.schedule.warmup_iters and cfg.schedule.warmup_iters >= total:
-        return [f"schedule.warmup_iters={cfg.schedule.warmup_iters} is longer than the run ({total} iterations): the learning rate "
-                f"never reaches lr={cfg.optim.lr:g}"]
-    first = min((s for s in steps if 0 < s < cfg.schedule.epochs), default=None)
-    if first is not None and cfg.schedule.warmup_iters > first * iters_per_epoch:
-        return [f"schedule.warmup_iters={cfg.schedule.warmup_iters} runs past the first lr step (epoch {first + 1}, iteration "
-                f"{first * iters_per_epoch}): the rate decays before it has reached lr={cfg.optim.lr:g}"]
-    return []
-
-
-def schedule_warnings(cfg: TrainConfig, num_train: int, iters_per_epoch: int, samples_per_epoch: int) -> list[str]:
-    """What in a run's settings would silently weaken it, each as a sentence naming the setting:
-    a step decay that never happens or happens twice at once, a warm-up longer than the run or
-    past the first decay, a batch larger than the data, a sampler epoch far from the data's size.
-
-    Args:
-        num_train: training samples; iters_per_epoch: optimiser steps per epoch (one rank);
-        samples_per_epoch: samples one epoch draws (all ranks).
-    """
-    steps = lr_step_epochs(cfg)
-    out = _step_warnings(cfg, steps) + _warmup_warnings(cfg, steps, iters_per_epoch)
-    if cfg.optim.batch_size > num_train:
-        out.append(f"optim.batch_size={cfg.optim.batch_size} is larger than the {num_train} training samples")
-    if cfg.sampler.name == "class-aware" and cfg.sampler.epoch == "paper":
-        ratio = samples_per_epoch / max(num_train, 1)
-        if ratio > 16 or ratio < 0.25:
-            out.append(f"a class-aware epoch draws {samples_per_epoch} samples, {ratio:.2g}x the {num_train} training "
-                       f"samples (sampler.epoch=paper: max class count x classes / sampler.reduce="
-                       f"{cfg.sampler.reduce}): every epoch-based setting (epochs, lr_steps) is stretched by that "
-                       f"factor; sampler.epoch=data draws as many samples as the training split holds")
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Devices and loaders
-# ---------------------------------------------------------------------------------------------
-
-def resolve_device(device: str, env: DistEnv) -> torch.device:
-    """``run.device`` for this rank (``"auto"``: its CUDA device when there is one, else the CPU)."""
-    from dbloss.devices import resolve_device as _resolve
-
-    return _resolve(device, env.local_rank)
-
-
-def _num_workers(cfg: TrainConfig, device: torch.device) -> int:
-    if cfg.data.workers >= 0:
-        return cfg.data.workers
-    cpus = os.cpu_count() or 1
-    return max(0, min(8 if device.type == "cuda" else 2, cpus - 1))
-
-
-def _autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    return autocast(cfg.run.amp, device)
-
-
-def _inputs(x: torch.Tensor, cfg: TrainConfig, device: torch.device) -> torch.Tensor:
-    """A batch of inputs on ``device`` (images channels-last on CUDA when the recipe asks)."""
-    return to_input(x, device, cfg.run.channels_last)
-
-
-def _loader(ds: Any, batch_size: int, sampler: Any, cfg: TrainConfig, device: torch.device,
-            generator: torch.Generator | None = None, drop_last: bool = False) -> DataLoader:
-    workers = _num_workers(cfg, device)
-    pin = cfg.data.pin_memory if cfg.data.pin_memory is not None else device.type == "cuda"
-    # collate_features: a feature dataset's batch as fetched in one go (FeatureDataset.__getitems__), without
-    # default_collate's second copy; any other batch goes to default_collate
-    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin,
-                      persistent_workers=cfg.data.persistent_workers and workers > 0, drop_last=drop_last,
-                      generator=generator, collate_fn=collate_features)
-
-
-def _train_loader(cfg: TrainConfig, method: Method, data: DataBundle, env: DistEnv,
-                  device: torch.device) -> tuple[Any, torch.Generator, DataLoader]:
-    """The training sampler (``set_epoch`` it), the loader's generator (seed it) and the loader."""
-    if cfg.optim.batch_size % env.world_size:
-        raise UsageError(f"optim.batch_size={cfg.optim.batch_size} must be divisible by the number of ranks ({env.world_size})")
-    per_rank = cfg.optim.batch_size // env.world_size
-    sampler = _train_sampler(cfg, data, env)
-    dataset = data.train
-    sampler, dataset = method.train_data(sampler, dataset, cfg, data.train_labels, num_replicas=env.world_size,
-                                         rank=env.rank)  # e.g. BBN's pairs of samplers
-    generator = torch.Generator()
-    per_epoch = len(sampler)  # samples this rank draws per epoch
-    # a last batch of one sample breaks batch norm in training mode: drop it (it is 1 of the epoch's samples)
-    drop_last = per_epoch % per_rank == 1 and per_epoch > 1
-    loader = _loader(dataset, per_rank, sampler, cfg, device, generator=generator, drop_last=drop_last)
-    if env.is_main:
-        for message in schedule_warnings(cfg, len(data.train), len(loader), per_epoch * env.world_size):
-            log.warning("%s", message)
-        log.info("schedule: %d epochs of %d iterations (%d samples), lr %g decayed x%g at epochs %s, %d warm-up "
-                 "iterations%s", cfg.schedule.epochs, len(loader), per_epoch * env.world_size, cfg.optim.lr, cfg.schedule.lr_gamma,
-                 [e + 1 for e in lr_step_epochs(cfg)], cfg.schedule.warmup_iters,
-                 "; the last sample of each epoch is dropped (a batch of one)" if drop_last else "")
-    return sampler, generator, loader
-
-
-def _train_sampler(cfg: TrainConfig, data: DataBundle, env: DistEnv) -> Any:
-    """The recipe's training sampler (``cfg.sampler.name``), this rank's part of it."""
-    if cfg.sampler.name == "class-aware":  # sampler_epoch "data": an epoch as long as the training split
-        length = len(data.train) if cfg.sampler.epoch == "data" else None
-        return ClassAwareSampler(data.train_labels, num_samples_cls=cfg.sampler.num_samples_cls, reduce=cfg.sampler.reduce,
-                                 seed=cfg.run.seed, num_replicas=env.world_size, rank=env.rank, epoch_length=length)
-    return DistributedSampler(data.train, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=cfg.run.seed)
-
-
-def _batches(loader: DataLoader, show: bool, desc: str) -> Iterator[Any]:
-    if not show:
-        return iter(loader)
-    from tqdm import tqdm
-
-    return iter(tqdm(loader, desc=desc, leave=False, dynamic_ncols=True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,133 +211,6 @@ def _wrap(model: nn.Module, cfg: TrainConfig, env: DistEnv, device: torch.device
 
 
 # ---------------------------------------------------------------------------------------------
-# Evaluation
-# ---------------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def predict(model: nn.Module, ds: Any, cfg: TrainConfig, device: torch.device, env: DistEnv) -> torch.Tensor:
-    """Sigmoid scores (N, C) on CPU for every sample of ``ds``, gathered from all ranks."""
-    sampler = DistributedSampler(ds, num_replicas=env.world_size, rank=env.rank, shuffle=False) \
-        if env.distributed else None
-    if env.distributed and len(ds) % env.world_size and env.is_main:
-        log.warning("evaluation: %d samples do not split evenly over %d ranks; padding duplicates are removed",
-                    len(ds), env.world_size)
-    model.eval()
-    idx_parts, score_parts = [], []
-    for x, _, idx in _loader(ds, cfg.eval.batch_size, sampler, cfg, device):
-        with _autocast(cfg, device):
-            logits = model(_inputs(x, cfg, device))
-        score_parts.append(torch.sigmoid(logits.float()).cpu())
-        idx_parts.append(torch.as_tensor(idx))
-    indices = torch.cat(idx_parts) if idx_parts else torch.zeros(0, dtype=torch.long)
-    scores = torch.cat(score_parts) if score_parts else torch.zeros(0, 0)
-    return gather_predictions(env, indices, scores, len(ds))
-
-
-def _targets(ds: Any) -> torch.Tensor:
-    """(N, C) targets of a dataset built by :mod:`dbloss.data.pipeline`."""
-    if hasattr(ds, "targets"):
-        return torch.as_tensor(ds.targets)
-    return torch.as_tensor(ds.table.labels)
-
-
-def evaluate(model: nn.Module, ds: Any, device: torch.device, cfg: TrainConfig,
-             env: DistEnv | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(scores, targets)``, both (N, C) on CPU: the model's sigmoid scores for every sample of
-    ``ds`` (gathered from all ranks under ``torchrun``) and the dataset's {0, 1} targets."""
-    return predict(model, ds, cfg, device, env or DistEnv()), _targets(ds)
-
-
-def select_threshold(scores: torch.Tensor, targets: torch.Tensor, search: list[float]) -> float:
-    """The global threshold in ``arange(low, high + step/2, step)`` maximising micro-F1."""
-    low, high, step = search
-    grid = np.round(np.arange(low, high + step / 2, step), 6)
-    f1 = [f1_scores(scores, targets, threshold=float(t))["micro_f1"] for t in grid]
-    return float(grid[int(np.argmax(f1))])
-
-
-def validation_scores(model: nn.Module, data: DataBundle, cfg: TrainConfig, device: torch.device,
-                      env: DistEnv) -> dict[str, Any]:
-    """Micro/macro-F1 on the validation split at the threshold the run will use (searched on it when
-    ``threshold_search`` is set, else ``cfg.eval.threshold``): what recipes and epochs are chosen on.
-    Also the per-class thresholds chosen on it (:func:`dbloss.thresholds.per_class_thresholds`,
-    the global one for classes with fewer than ``min_val_positives`` validation positives)."""
-    val_scores, val_targets = evaluate(model, data.val, device, cfg, env)
-    threshold = cfg.eval.threshold
-    if cfg.eval.threshold_search:
-        threshold = select_threshold(val_scores, val_targets, cfg.eval.threshold_search)
-    f1 = f1_scores(val_scores, val_targets, threshold=threshold)
-    with warnings.catch_warnings():  # a small hold-out may lack a rare class: its AP is left out (NaN)
-        warnings.simplefilter("ignore")
-        val_map = float(mean_average_precision(val_scores, val_targets)["total"])
-    per_class = per_class_thresholds(val_scores, val_targets, fallback=threshold, min_positives=cfg.eval.min_val_positives)
-    return {"micro_f1": float(f1["micro_f1"]), "macro_f1": float(f1["macro_f1"]), "mAP": val_map,
-            "threshold": threshold, "per_class_thresholds": per_class.tolist()}
-
-
-def _f1_record(scores: torch.Tensor, targets: torch.Tensor, stats: LabelStats,
-               threshold: float | list[float]) -> dict[str, Any]:
-    """Micro / macro-F1, per class and per group at ``threshold`` (global or per class), JSON-ready."""
-    f1 = f1_scores(scores, targets, threshold=threshold)
-    per_class_f1 = f1["per_class_f1"].double()
-    groups = {g: nanmean(per_class_f1[idx]) for g, idx in stats.split.items()}
-    return {"micro_f1": float(f1["micro_f1"]), "macro_f1": float(f1["macro_f1"]),
-            "per_class_f1": [None if math.isnan(v) else v for v in per_class_f1.tolist()],
-            "macro_f1_groups": {g: None if math.isnan(v) else v for g, v in groups.items()}}
-
-
-def result_record(scores: torch.Tensor, targets: torch.Tensor, stats: LabelStats, cfg: TrainConfig,
-                  threshold: float, class_thresholds: list[float] | None = None) -> dict[str, Any]:
-    """The test metrics of a run (what ``metrics.json`` holds) from its (N, C) scores and targets:
-    F1 at the global ``threshold`` and, with ``class_thresholds``, under ``"per_class_thresholds"``
-    the F1 at those (C,) thresholds (chosen on the validation split)."""
-    res = summarize(scores, targets, stats.split, threshold=threshold, class_names=stats.class_names)
-    f1 = _f1_record(scores, targets, stats, threshold)
-    res["per_class_f1"], res["macro_f1_groups"] = f1["per_class_f1"], f1["macro_f1_groups"]
-    if class_thresholds is not None:
-        res["per_class_thresholds"] = {"thresholds": list(class_thresholds),
-                                       **_f1_record(scores, targets, stats, class_thresholds)}
-    res.update(name=cfg.run.name, loss=cfg.loss.name, sampler=sampling_label(cfg), dataset=cfg.data.dataset,
-               class_names=stats.class_names, train_class_freq=stats.class_freq.tolist(), split=stats.split,
-               epochs=cfg.schedule.epochs, seed=cfg.run.seed,
-               num_train=int(stats.num_samples), num_test=len(targets))
-    return res
-
-
-def sampling_label(cfg: TrainConfig) -> str:
-    """How a run samples its training data, for tables (:meth:`dbloss.methods.Method.sampling_label`):
-    the sampler, BBN's two (``random + reversed``), or the two stages' (``random, then class-aware``).
-
-    >>> sampling_label(load_config(None, ["method.name=bbn", "sampler.name=random"]))
-    'random + reversed'
-    >>> sampling_label(load_config(None, ["sampler.name=random"]))
-    'random'
-    """
-    return create_method(cfg.method).sampling_label(cfg)
-
-
-def _test(model: nn.Module, data: DataBundle, stats: LabelStats, cfg: TrainConfig, device: torch.device,
-          env: DistEnv, val: dict[str, float] | None = None) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
-    """Test the model at the validation-chosen threshold: ``(record, scores, targets)``; ``val`` is
-    its :func:`validation_scores` when already computed (keep_best)."""
-    if val is None and data.val is not None:
-        val = validation_scores(model, data, cfg, device, env)
-    scores, targets = evaluate(model, data.test, device, cfg, env)
-    res = result_record(scores, targets, stats, cfg, cfg.eval.threshold if val is None else val["threshold"],
-                        None if val is None else val.get("per_class_thresholds"))
-    if val is not None:
-        res["val"] = val
-    return res, scores, targets
-
-
-def _write_results(out: Path, res: dict[str, Any], scores: torch.Tensor, targets: torch.Tensor) -> None:
-    """``metrics.json``, ``metrics.md`` and ``predictions.npz`` (test scores and targets)."""
-    np.savez_compressed(out / "predictions.npz", scores=scores.numpy(), targets=targets.numpy())
-    write_json(out / "metrics.json", res)
-    write_text(out / "metrics.md", results_table([jsonable(res)]) + "\n")
-
-
-# ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
 
@@ -570,8 +264,8 @@ def _probe_scores(model: nn.Module, data: DataBundle, cfg: TrainConfig, device: 
     n = min(_PROBE_SAMPLES, len(ds))
     xs = torch.stack([torch.as_tensor(ds[int(i)][0]) for i in torch.linspace(0, len(ds) - 1, n).round().long()])
     model.eval()
-    with _autocast(cfg, device):
-        logits = model(_inputs(xs, cfg, device))
+    with run_autocast(cfg, device):
+        logits = model(run_inputs(xs, cfg, device))
     return torch.sigmoid(logits.float()).cpu()
 
 
@@ -608,7 +302,7 @@ def _check_health(model: nn.Module, data: DataBundle, cfg: TrainConfig, device: 
 def _check_chance(val_map: float, data: DataBundle, cfg: TrainConfig, state: _TrainState, runlog: _RunLog,
                   env: DistEnv) -> None:
     """Warn when the validation mAP is at chance level (:func:`dbloss.training.health.chance_message`)."""
-    at_chance = chance_message(val_map, chance_map(_targets(data.val)), epoch=state.epoch, lr=cfg.optim.lr,
+    at_chance = chance_message(val_map, chance_map(dataset_targets(data.val)), epoch=state.epoch, lr=cfg.optim.lr,
                                optimizer=cfg.optim.name, weight_decay=cfg.optim.weight_decay)
     if at_chance is not None:
         _report_health("chance", at_chance, state, runlog, env)
@@ -642,7 +336,7 @@ def train_one_epoch(net: nn.Module, method: Method, loss_fn: nn.Module, optimize
     acc = torch.float32 if device.type == "mps" else torch.float64  # sums as the host's floats (no float64 on MPS)
     loss_sum = torch.zeros((), dtype=acc, device=device)
     first_bad = torch.tensor([-1.0, 0.0], dtype=acc, device=device)  # (iteration, loss) of the first non-finite loss
-    bar = _batches(loader, show, f"epoch {epoch + 1}/{cfg.schedule.epochs}")
+    bar = progress_batches(loader, show, f"epoch {epoch + 1}/{cfg.schedule.epochs}")
     for x, y, _ in bar:
         lr = get_lr(cfg, it, epoch)
         for group in optimizer.param_groups:
@@ -677,67 +371,6 @@ def train_one_epoch(net: nn.Module, method: Method, loss_fn: nn.Module, optimize
                 "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def _resume_source(out: Path, resume: bool | str) -> Path | None:
-    if not resume:
-        return None
-    src = out / "checkpoint.pt" if resume is True else Path(str(resume))
-    if not src.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint at {src}")
-    return src
-
-
-def _check_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to start a run over a folder that holds one, unless resuming or overwriting it."""
-    if resume and overwrite:
-        raise UsageError("--resume and --overwrite exclude each other: continue the run in the folder, or replace it")
-    held = [f for f in RUN_FILES if (out / f).exists()]
-    if held and not resume and not overwrite:
-        raise UsageError(f"{out} already holds a run ({', '.join(held)}): pass --resume to continue it or "
-                         f"--overwrite to replace it (train(cfg, resume=True) / train(cfg, overwrite=True)), "
-                         f"or choose another --out")
-
-
-def _read_checkpoint(path: str | Path, keys: tuple[str, ...],
-                     map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """A checkpoint written by :func:`train` (read as data), with the entries ``keys`` that the caller needs."""
-    ckpt = load_checkpoint(path, map_location=map_location)
-    missing = [k for k in keys if not (isinstance(ckpt, dict) and k in ckpt)]
-    if missing:
-        raise UsageError(f"{path}: not a dbloss checkpoint (no {', '.join(missing)})")
-    return ckpt
-
-
-def _dotted(cfg: TrainConfig, key: str) -> Any:
-    section, name = key.split(".")
-    return getattr(getattr(cfg, section), name)
-
-
-def _read_resume(src: Path, cfg: TrainConfig, method: Method, device: torch.device) -> dict[str, Any]:
-    """The checkpoint to resume from, checked against ``cfg`` before anything is written: the keys of
-    :data:`_RESUME_KEYS` and what the method says a checkpoint of its stage must share
-    (:meth:`dbloss.methods.Method.resume_keys`). A checkpoint from before the sections is converted."""
-    ckpt = _read_checkpoint(src, ("model", "optimizer", "scaler", "epoch", "iteration", "rng", "config"), device)
-    saved_cfg = load_config(None, base=ckpt["config"])
-    for key in _RESUME_KEYS:
-        if _dotted(saved_cfg, key) != _dotted(cfg, key):
-            raise UsageError(f"--resume: checkpoint {src} was trained with {key}={_dotted(saved_cfg, key)!r}, "
-                             f"but this run has {key}={_dotted(cfg, key)!r}")
-    stage = ckpt.get("stage", 1)
-    saved, ours = create_method(saved_cfg.method).resume_keys(stage), method.resume_keys(stage)
-    for key in [*ours, *(k for k in saved if k not in ours)]:
-        if saved.get(key) != ours.get(key):
-            raise UsageError(f"--resume: checkpoint {src} (stage {stage}) was trained with {key}={saved.get(key)!r}, "
-                             f"but this run has {key}={ours.get(key)!r}")
-    return ckpt
-
-
-def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
 def _restore(ckpt: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
              scaler: torch.amp.GradScaler, device: torch.device) -> _TrainState:
     model.load_state_dict(ckpt["model"])
@@ -756,17 +389,8 @@ def _training_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, sca
                          device: torch.device) -> dict[str, Any]:
     """What ``checkpoint.pt`` holds: tensors and plain types only (read back with ``weights_only=True``)."""
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "epoch": state.epoch, "iteration": state.iteration, "rng": _rng_state(device), "config": cfg.to_dict(),
+            "epoch": state.epoch, "iteration": state.iteration, "rng": rng_state(device), "config": cfg.to_dict(),
             "label_stats": stats.to_dict(), "best": state.best, "stage": state.stage}
-
-
-def _start_run_dir(out: Path, cfg: TrainConfig, fresh: bool) -> None:
-    """Create the run folder (rank 0); a fresh run first removes an overwritten run's files."""
-    out.mkdir(parents=True, exist_ok=True)
-    if fresh:
-        for name in _REPLACED_FILES:
-            (out / name).unlink(missing_ok=True)
-    save_config(cfg, out / "config.yaml")
 
 
 def _validate_epoch(model: nn.Module, data: DataBundle, stats: LabelStats, cfg: TrainConfig, device: torch.device,
@@ -815,11 +439,11 @@ def _open_run(cfg: TrainConfig, env: DistEnv, device: torch.device, resume: bool
     """Check the run folder, read the checkpoint to resume from (None for a fresh run), then
     (rank 0) create the folder, save the configuration and generate the data that needs it."""
     out = Path(cfg.run.out_dir)
-    src = _resume_source(out, resume)
-    _check_run_dir(out, resume=src is not None, overwrite=overwrite)
-    ckpt = _read_resume(src, cfg, create_method(cfg.method), device) if src is not None else None
+    src = resume_source(out, resume)
+    check_run_dir(out, resume=src is not None, overwrite=overwrite)
+    ckpt = read_resume(src, cfg, create_method(cfg.method), device) if src is not None else None
     if env.is_main:
-        _start_run_dir(out, cfg, fresh=ckpt is None)
+        start_run_dir(out, cfg, fresh=ckpt is None)
         prepare_data(cfg)  # the explicit generation step (the demo images), once, on rank 0
         if ckpt is not None:
             log.info("resumed from %s at epoch %d (iteration %d)", src, ckpt["epoch"], ckpt["iteration"])
@@ -827,31 +451,20 @@ def _open_run(cfg: TrainConfig, env: DistEnv, device: torch.device, resume: bool
     return ckpt
 
 
-def _store_thresholds(out: Path, res: dict[str, Any]) -> None:
-    """Add the decision thresholds the run chose (global, and per class when it had a validation
-    split) to its checkpoints, where :mod:`dbloss.apps.predict` reads them."""
-    thresholds = {"global": float(res["threshold"]),
-                  "per_class": res.get("per_class_thresholds", {}).get("thresholds")}
-    for name in ("checkpoint.pt", "best.pt"):
-        if (out / name).is_file():
-            ckpt = load_checkpoint(out / name)
-            save_checkpoint(out / name, {**ckpt, "thresholds": thresholds})
-
-
 def _finish(model: nn.Module, data: DataBundle, stats: LabelStats, cfg: TrainConfig, device: torch.device,
             env: DistEnv, state: _TrainState, runlog: _RunLog) -> dict[str, Any]:
     """Test the trained (or best validated) model and write the run's results (rank 0)."""
     out = Path(cfg.run.out_dir)
     best_val = _best_validated(model, cfg, state, out / "best.pt", device, env)
-    res, scores, targets = _test(model, data, stats, cfg, device, env, val=best_val)
+    res, scores, targets = test_model(model, data, stats, cfg, device, env, val=best_val)
     if cfg.eval.keep_best:
         res["best_epoch"], res["epochs_run"] = state.best["epoch"], state.epoch
     if best_val is None and "val" in res and cfg.run.health != "off":  # the final model, on the validation split
         _check_chance(res["val"]["mAP"], data, cfg, state, runlog, env)
     res["health"] = list(state.health.values())
     if env.is_main:
-        _write_results(out, res, scores, targets)
-        _store_thresholds(out, res)
+        write_results(out, res, scores, targets)
+        store_thresholds(out, res)
         runlog.write(type="eval", **{k: res[k] for k in ("mAP", "micro_f1", "macro_f1", "threshold")})
         for k, v in res["mAP"].items():
             runlog.scalar(f"test/mAP_{k}", v, state.iteration)
@@ -916,7 +529,7 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, overwrite: bool = Fal
             continue
         scfg = stage.cfg
         net = _wrap(model, scfg, env, device)
-        sampler, loader_gen, loader = _train_loader(scfg, method, data, env, device)
+        sampler, loader_gen, loader = train_loader(scfg, method, data, env, device)
         state.losses = []
         for epoch in range(state.epoch - stage.first_epoch, scfg.schedule.epochs):  # epochs counted within the stage
             if cfg.eval.patience and state.best["epoch"] and epoch - state.best["epoch"] >= cfg.eval.patience:
@@ -968,8 +581,8 @@ def _stage_context(model: nn.Module, data: DataBundle, cfg: TrainConfig, device:
     def train_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         ds = eval_view(data.train, cfg)
         shard = torch.utils.data.Subset(ds, range(env.rank, len(ds), env.world_size))
-        for x, y, _ in _loader(shard, cfg.eval.batch_size, None, cfg, device):
-            yield _inputs(x, cfg, device), y.to(device)
+        for x, y, _ in make_loader(shard, cfg.eval.batch_size, None, cfg, device):
+            yield run_inputs(x, cfg, device), y.to(device)
 
     def all_reduce(t: torch.Tensor) -> None:
         if env.distributed:
@@ -983,7 +596,7 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, overrides: 
     """Evaluate a saved checkpoint on the test set of its recipe (or of ``overrides``, e.g. another
     dataset with the same classes); writes ``metrics.json`` / ``metrics.md`` into ``out_dir``.
     The file is read as data (``weights_only=True``): one that would run code is refused."""
-    ckpt = _read_checkpoint(checkpoint, ("model", "config", "label_stats"))
+    ckpt = read_checkpoint(checkpoint, ("model", "config", "label_stats"))
     cfg = load_config(None, list(overrides or []), base=ckpt["config"])
     cfg.run.out_dir = str(out_dir)
     env = init_distributed(cfg.run.device)
@@ -993,8 +606,8 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, overrides: 
     barrier(env)
     data, stats, model = build(cfg, device, env, label_stats=ckpt["label_stats"], progress=progress)
     model.load_state_dict(ckpt["model"])
-    res, scores, targets = _test(model, data, stats, cfg, device, env)
+    res, scores, targets = test_model(model, data, stats, cfg, device, env)
     if env.is_main:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        _write_results(Path(out_dir), res, scores, targets)
+        write_results(Path(out_dir), res, scores, targets)
     return res

@@ -167,7 +167,7 @@ def _cut_schedule(cfg: TrainConfig, epochs: int) -> list[float]:
     >>> _cut_schedule(_cfg(["schedule.epochs=8", "schedule.lr_steps=[0.625, 0.875]"]), 6)  # decays at 5, 7
     [0.8333333333333334]
     """
-    from dbloss.training.engine import lr_step_epochs
+    from dbloss.training.schedule import lr_step_epochs
 
     return [s / epochs for s in lr_step_epochs(cfg) if 0 < s < epochs]
 
