@@ -53,12 +53,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 )
 
 #: The modules of each import cycle there is today (as in :func:`find_cycles`'s groups); same rule as below.
-KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset({
-    # reference.distribution_balanced_loss hands backend != "reference" to fast.db_loss (a lazy import,
-    # reference.py), fast imports the reference's DBParams / prior_logit and the fused kernel, and
-    # fused.self_check imports the reference to compare with (lazy): the dispatch belongs above all three
-    frozenset({"dbloss.losses.fast", "dbloss.losses.fused", "dbloss.losses.reference"}),
-})
+KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset()
 
 #: ``(importer, imported)`` pairs that import upwards today. Each is a debt with an owner: remove the entry
 #: in the change that fixes the import (the test then insists that it stays fixed).

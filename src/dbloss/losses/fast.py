@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from dbloss.labels import label_masks
 from dbloss.losses import fused
 from dbloss.losses._common import autocast_off, check_pair, compute_dtype, prepare, reduce_masked
-from dbloss.losses.reference import DBParams, prior_logit
+from dbloss.losses.params import DBParams, prior_logit
 
-__all__ = ["ClassTerms", "class_terms", "db_loss", "select_backend"]
+__all__ = ["ClassTerms", "class_terms", "db_loss", "select_backend", "self_check"]
 
 #: (C,) ``1 / n_k`` and the NTR bias ``nu_k`` (None when kappa = 0), in the compute dtype.
 ClassTerms = tuple[torch.Tensor, "torch.Tensor | None"]
@@ -174,3 +174,24 @@ class _WeightedSignedFocal(torch.autograd.Function):
             wc, q, nll, mod = ctx.saved_tensors
             grad = torch.addcmul(q, 1.0 - q, nll, value=gamma).mul_(mod).mul_(wc).mul_(grad_out).neg_()
         return grad, None, None, None, None
+
+
+def self_check(batch: int = 64, classes: int = 50, seed: int = 0) -> dict[str, float]:
+    """Build the fused kernel and compare it with the torch path on a random float64 problem
+    (``dbloss kernel --check``).
+
+    Returns the largest absolute differences of the loss (reduction "none") and of the gradient.
+    """
+    fused.build(verbose=False)
+    g = torch.Generator().manual_seed(seed)
+    freq = torch.randint(1, 500, (classes,), generator=g).double()
+    logits = 3 * torch.randn(batch, classes, generator=g, dtype=torch.float64)
+    targets = (torch.rand(batch, classes, generator=g) < 0.1).double()
+    out = {}
+    for backend in ("kernel", "torch"):
+        z = logits.clone().requires_grad_(True)
+        loss = db_loss(z, targets, freq, 2000.0, DBParams(), reduction="none", ignore_index=-1, backend=backend)
+        loss.sum().backward()
+        out[backend] = (loss.detach(), z.grad)
+    return {"max_abs_loss_diff": float((out["kernel"][0] - out["torch"][0]).abs().max()),
+            "max_abs_grad_diff": float((out["kernel"][1] - out["torch"][1]).abs().max())}

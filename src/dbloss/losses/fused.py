@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-__all__ = ["KernelBuildError", "available", "build", "build_directory", "db_focal", "kernel_directory", "self_check"]
+__all__ = ["KernelBuildError", "available", "build", "build_directory", "db_focal", "kernel_directory"]
 
 _SOURCE = Path(__file__).with_name("csrc") / "db_focal.cpp"
 
@@ -152,28 +152,6 @@ def _build_and_load(verbose: bool) -> Callable[..., Any]:
 def build(verbose: bool = True) -> None:
     """Build the kernel now (cached by torch for later processes); raise :class:`KernelBuildError` on failure."""
     _load(verbose)
-
-
-def self_check(batch: int = 64, classes: int = 50, seed: int = 0) -> dict[str, float]:
-    """Build the kernel and compare it with the torch path on a random float64 problem.
-
-    Returns the largest absolute differences of the loss (reduction "none") and of the gradient.
-    """
-    from dbloss.losses.reference import distribution_balanced_loss
-
-    build(verbose=False)
-    g = torch.Generator().manual_seed(seed)
-    freq = torch.randint(1, 500, (classes,), generator=g).double()
-    logits = 3 * torch.randn(batch, classes, generator=g, dtype=torch.float64)
-    targets = (torch.rand(batch, classes, generator=g) < 0.1).double()
-    out = {}
-    for backend in ("kernel", "torch"):
-        z = logits.clone().requires_grad_(True)
-        loss = distribution_balanced_loss(z, targets, freq, 2000, reduction="none", backend=backend)
-        loss.sum().backward()
-        out[backend] = (loss.detach(), z.grad)
-    return {"max_abs_loss_diff": float((out["kernel"][0] - out["torch"][0]).abs().max()),
-            "max_abs_grad_diff": float((out["kernel"][1] - out["torch"][1]).abs().max())}
 
 
 def available() -> bool:
