@@ -125,7 +125,7 @@ def train_killed_after(monkeypatch: pytest.MonkeyPatch):
 
 @pytest.fixture
 def torch_path() -> object:
-    """``torch_path(loss) -> dict``: the recipe settings (``loss_args.backend: torch``) that keep a DB-family
+    """``torch_path(loss) -> dict``: the recipe settings (``loss.args.backend: torch``) that keep a DB-family
     loss on its torch path (the fused kernel is test_fused's); ``{}`` for a loss without backends."""
     from dbloss.losses import build_loss
 
@@ -134,6 +134,6 @@ def torch_path() -> object:
             build_loss(loss, [3, 2, 1], 4, backend="torch")
         except TypeError:
             return {}
-        return {"loss_args": {"backend": "torch"}}
+        return {"loss__args": {"backend": "torch"}}
 
     return settings

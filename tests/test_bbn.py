@@ -94,7 +94,7 @@ def test_paired_loader_yields_both_samplers_batches():
 def test_bbn_trains_resumes_and_predicts_on_features(feature_recipe, train_killed_after):
     """A BBN run killed after its first epoch resumes to the uninterrupted run's weights, bit for bit (the paired
     loader is seeded); the checkpoint rebuilds the model, which answers with the run's test scores."""
-    cfg = lambda name: load_config(None, feature_recipe(name, head="bbn", epochs=3))  # noqa: E731
+    cfg = lambda name: load_config(None, feature_recipe(name, method__name="bbn", schedule__epochs=3))  # noqa: E731
     full = train(cfg("full"), progress=False)
     assert full["sampler"] == "random + reversed"
     train_killed_after(1, cfg("killed"))
@@ -112,7 +112,7 @@ def test_bbn_trains_resumes_and_predicts_on_features(feature_recipe, train_kille
 
 
 def test_bbn_class_aware_rebalancing_and_a_changed_sampler_refused_on_resume(feature_recipe):
-    over = feature_recipe("ca", head="bbn", bbn_sampler="class-aware", epochs=1)
+    over = feature_recipe("ca", method__name="bbn", method__sampler="class-aware", schedule__epochs=1)
     res = train(load_config(None, over), progress=False)
     assert res["sampler"] == "random + class-aware" and np.isfinite(res["mAP"]["total"])
     with pytest.raises(ValueError, match="method.sampler='class-aware', but this run has method.sampler='reversed'"):
@@ -121,7 +121,7 @@ def test_bbn_class_aware_rebalancing_and_a_changed_sampler_refused_on_resume(fea
 
 @pytest.mark.parametrize("loss", LOSS_NAMES)
 def test_bbn_runs_with_every_loss(feature_recipe, loss, torch_path):
-    over = feature_recipe("run", head="bbn", epochs=1, loss=loss, **torch_path(loss))
+    over = feature_recipe("run", method__name="bbn", schedule__epochs=1, loss__name=loss, **torch_path(loss))
     res = train(load_config(None, over), progress=False)
     assert np.isfinite(res["mAP"]["total"])
 

@@ -22,11 +22,13 @@ from dbloss.data.synthetic import write_synthetic_features as make_features
 
 
 def feature_overrides(train_f: Path, test_f: Path, out: Path, **extra: object) -> list[str]:
-    base = {"dataset": "features", "train_ann": str(train_f), "test_ann": str(test_f), "out_dir": str(out),
-            "neck_dim": 0, "epochs": 3, "batch_size": 32, "lr": 0.05, "warmup_iters": 10, "lr_steps": [0.6],
-            "workers": 0, "tensorboard": False, "device": "cpu", "loss": "bce", "sampler": "class-aware",
-            "sampler_epoch": "paper"}  # the class-aware epoch these tests were written for
-    return [f"{k}={json.dumps(v)}" for k, v in {**base, **extra}.items()]
+    """``section.key=value`` overrides of a small head on feature files; ``extra``: ``section__key=value``."""
+    base = {"data.dataset": "features", "data.train_ann": str(train_f), "data.test_ann": str(test_f),
+            "run.out_dir": str(out), "model.neck_dim": 0, "schedule.epochs": 3, "optim.batch_size": 32,
+            "optim.lr": 0.05, "schedule.warmup_iters": 10, "schedule.lr_steps": [0.6], "data.workers": 0,
+            "run.tensorboard": False, "run.device": "cpu", "loss.name": "bce", "sampler.name": "class-aware",
+            "sampler.epoch": "paper"}  # the class-aware epoch these tests were written for
+    return [f"{k}={json.dumps(v)}" for k, v in {**base, **{k.replace("__", "."): v for k, v in extra.items()}}.items()]
 
 
 def test_tau_norm_at_zero_is_the_identity_and_at_one_unit_rows():
@@ -143,8 +145,9 @@ def test_a_run_killed_in_stage2_resumes_in_stage2(tmp_path, train_killed_after, 
     make_features(test_f, 101, seed=1)
 
     def cfg(name: str):
-        return load_config(None, feature_overrides(train_f, test_f, tmp_path / name, epochs=2, sampler="random",
-                                                   decoupling=mode, stage2_epochs=3, neck_dim=16))
+        return load_config(None, feature_overrides(train_f, test_f, tmp_path / name, schedule__epochs=2,
+                                                   sampler__name="random", method__name="decoupling", method__mode=mode,
+                                                   method__stage2_epochs=3, model__neck_dim=16))
 
     full = train(cfg("full"), progress=False)
     train_killed_after(3, cfg("killed"))  # stage 1's two epochs and stage 2's first are done and saved
@@ -164,8 +167,8 @@ def test_tau_norm_is_applied_once_even_when_resumed(tmp_path):
     train_f, test_f = tmp_path / "train.npz", tmp_path / "test.npz"
     make_features(train_f, 300, seed=0)
     make_features(test_f, 101, seed=1)
-    over = feature_overrides(train_f, test_f, tmp_path / "tau", epochs=2, sampler="random", decoupling="tau-norm",
-                             tau_norm=1.0)
+    over = feature_overrides(train_f, test_f, tmp_path / "tau", schedule__epochs=2, sampler__name="random",
+                             method__name="decoupling", method__mode="tau-norm", method__stage2_epochs=0, method__tau=1.0)
     res = train(load_config(None, over), progress=False)
     w = load_checkpoint(tmp_path / "tau" / "checkpoint.pt")["model"]["classifier.weight"]
     torch.testing.assert_close(w.norm(dim=1), torch.ones(8))
@@ -181,8 +184,9 @@ def test_crt_runs_with_every_loss(tmp_path, loss, torch_path):
     train_f, test_f = tmp_path / "train.npz", tmp_path / "test.npz"
     make_features(train_f, 200, seed=0)
     make_features(test_f, 60, seed=1)
-    over = feature_overrides(train_f, test_f, tmp_path / "run", epochs=1, sampler="random", decoupling="crt",
-                             stage2_epochs=1, loss=loss, **torch_path(loss))
+    over = feature_overrides(train_f, test_f, tmp_path / "run", schedule__epochs=1, sampler__name="random",
+                             method__name="decoupling", method__mode="crt", method__stage2_epochs=1, loss__name=loss,
+                             **torch_path(loss))
     res = train(load_config(None, over), progress=False)
     assert np.isfinite(res["mAP"]["total"]) and _stage_state(tmp_path / "run" / "checkpoint.pt")[:2] == (2, 2)
 
@@ -191,8 +195,8 @@ def test_resume_refuses_another_stage2_or_head(tmp_path):
     train_f, test_f = tmp_path / "train.npz", tmp_path / "test.npz"
     make_features(train_f, 200, seed=0)
     make_features(test_f, 60, seed=1)
-    crt = feature_overrides(train_f, test_f, tmp_path / "run", epochs=1, sampler="random", decoupling="crt",
-                            stage2_epochs=1)
+    crt = feature_overrides(train_f, test_f, tmp_path / "run", schedule__epochs=1, sampler__name="random",
+                            method__name="decoupling", method__mode="crt", method__stage2_epochs=1)
     train(load_config(None, crt), progress=False)
     with pytest.raises(ValueError, match=r"\(stage 2\) was trained with method.mode='crt', but this run has "
                                          r"method.mode=None"):
@@ -209,9 +213,11 @@ def test_crt_retrains_an_ml_gcn_head(tmp_path):
     train_f, test_f = tmp_path / "train.npz", tmp_path / "test.npz"
     make_features(train_f, 200, seed=0)
     make_features(test_f, 60, seed=1)
-    common = dict(epochs=1, sampler="random", head="ml-gcn", gcn_hidden=16, neck_dim=8)
-    train(load_config(None, feature_overrides(train_f, test_f, tmp_path / "s1", **common)), progress=False)
-    crt = feature_overrides(train_f, test_f, tmp_path / "crt", decoupling="crt", stage2_epochs=1, **common)
+    common = dict(schedule__epochs=1, sampler__name="random", model__neck_dim=8)
+    gcn = {"name": "ml-gcn", "hidden": 16}
+    train(load_config(None, feature_overrides(train_f, test_f, tmp_path / "s1", method=gcn, **common)), progress=False)
+    crt = feature_overrides(train_f, test_f, tmp_path / "crt", method__name="decoupling", method__mode="crt",
+                            method__stage2_epochs=1, method__classifier=gcn, **common)
     train(load_config(None, crt), progress=False, resume=str(tmp_path / "s1" / "checkpoint.pt"))
     a, b = _stage_state(tmp_path / "s1" / "checkpoint.pt")[2], _stage_state(tmp_path / "crt" / "checkpoint.pt")[2]
     assert {k for k in a if not torch.equal(a[k], b[k])} == {"classifier.gc1", "classifier.gc2"}

@@ -33,11 +33,13 @@ def feature_files(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def feature_overrides(train_f: Path, test_f: Path, out: Path, **extra: object) -> list[str]:
-    base = {"dataset": "features", "train_ann": str(train_f), "test_ann": str(test_f), "out_dir": str(out),
-            "neck_dim": 0, "epochs": 3, "batch_size": 32, "lr": 0.05, "warmup_iters": 10, "lr_steps": [0.6],
-            "workers": 0, "tensorboard": False, "device": "cpu", "loss": "db-focal", "sampler": "class-aware",
-            "sampler_epoch": "paper"}  # the class-aware epoch these tests were written for
-    base.update(extra)
+    """``section.key=value`` overrides of a small head on feature files; ``extra``: ``section__key=value``."""
+    base = {"data.dataset": "features", "data.train_ann": str(train_f), "data.test_ann": str(test_f),
+            "run.out_dir": str(out), "model.neck_dim": 0, "schedule.epochs": 3, "optim.batch_size": 32,
+            "optim.lr": 0.05, "schedule.warmup_iters": 10, "schedule.lr_steps": [0.6], "data.workers": 0,
+            "run.tensorboard": False, "run.device": "cpu", "loss.name": "db-focal", "sampler.name": "class-aware",
+            "sampler.epoch": "paper"}  # the class-aware epoch these tests were written for
+    base.update({k.replace("__", "."): v for k, v in extra.items()})
     return [f"{k}={json.dumps(v)}" for k, v in base.items()]
 
 
@@ -69,8 +71,8 @@ def test_same_seed_same_result_and_evaluate_command(feature_files, tmp_path):
 
 def test_non_finite_loss_stops_with_iteration_and_checkpoint(feature_files, tmp_path):
     train_f, test_f = feature_files
-    cfg = load_config(None, feature_overrides(train_f, test_f, tmp_path / "nan", lr=1e30, grad_clip=None,
-                                              loss="bce", epochs=3))
+    cfg = load_config(None, feature_overrides(train_f, test_f, tmp_path / "nan", optim__lr=1e30, optim__grad_clip=None,
+                                              loss__name="bce", schedule__epochs=3))
     with pytest.raises(NonFiniteLossError, match=r"iteration \d+.*last good checkpoint"):
         train(cfg, progress=False)
 
@@ -92,7 +94,7 @@ def test_killed_run_resumes_to_the_same_result(feature_files, tmp_path):
     make_features(train_f, 3000, seed=0)  # longer epochs so the run can be killed mid-way
 
     def recipe(out: Path) -> str:
-        return str(write_recipe(tmp_path / f"{out.name}.yaml", feature_overrides(train_f, test_f, out, epochs=12)))
+        return str(write_recipe(tmp_path / f"{out.name}.yaml", feature_overrides(train_f, test_f, out, schedule__epochs=12)))
 
     full = tmp_path / "full"
     done = _run_cli(["train", recipe(full), "--no-progress"], tmp_path)
@@ -165,7 +167,7 @@ def test_two_process_ddp_matches_single_process(tmp_path, extra):
 
 def test_bf16_autocast_training_on_cpu(feature_files, tmp_path):
     train_f, test_f = feature_files
-    cfg = load_config(None, feature_overrides(train_f, test_f, tmp_path / "bf16", amp="bf16", neck_dim=16, epochs=2))
+    cfg = load_config(None, feature_overrides(train_f, test_f, tmp_path / "bf16", run__amp="bf16", model__neck_dim=16, schedule__epochs=2))
     res = train(cfg, progress=False)
     assert res["mAP"]["total"] > 0.4  # learns under bf16 autocast; the loss itself runs in float32
 
@@ -173,7 +175,7 @@ def test_bf16_autocast_training_on_cpu(feature_files, tmp_path):
 def test_fp16_autocast_with_grad_scaler_on_cpu(feature_files, tmp_path):
     """The fp16 path (GradScaler: scale, unscale before clipping, step, update) runs and learns."""
     train_f, test_f = feature_files
-    cfg = load_config(None, feature_overrides(train_f, test_f, tmp_path / "fp16", amp="fp16", neck_dim=16, epochs=2))
+    cfg = load_config(None, feature_overrides(train_f, test_f, tmp_path / "fp16", run__amp="fp16", model__neck_dim=16, schedule__epochs=2))
     res = train(cfg, progress=False)
     assert res["mAP"]["total"] > 0.4
     assert "scaler" in torch.load(tmp_path / "fp16" / "checkpoint.pt", weights_only=True)
@@ -182,9 +184,9 @@ def test_fp16_autocast_with_grad_scaler_on_cpu(feature_files, tmp_path):
 def test_compiled_model_matches_eager(feature_files, tmp_path):
     """run.compile=true (torch.compile of the model; the loss stays eager) trains to the eager result."""
     train_f, test_f = feature_files
-    common = dict(neck_dim=16, epochs=1)
+    common = dict(model__neck_dim=16, schedule__epochs=1)
     eager = train(load_config(None, feature_overrides(train_f, test_f, tmp_path / "eager", **common)), progress=False)
-    compiled = train(load_config(None, feature_overrides(train_f, test_f, tmp_path / "compiled", compile=True,
+    compiled = train(load_config(None, feature_overrides(train_f, test_f, tmp_path / "compiled", run__compile=True,
                                                          **common)), progress=False)
     assert compiled["mAP"]["total"] == pytest.approx(eager["mAP"]["total"], abs=0.02)
 
@@ -192,24 +194,24 @@ def test_compiled_model_matches_eager(feature_files, tmp_path):
 def test_adamw_option_trains_and_resume_refuses_a_different_optimizer(feature_files, tmp_path):
     train_f, test_f = feature_files
     out = tmp_path / "adamw"
-    cfg = load_config(None, feature_overrides(train_f, test_f, out, optimizer="adamw", lr=3e-3, weight_decay=0.01,
-                                              epochs=2))
+    cfg = load_config(None, feature_overrides(train_f, test_f, out, optim__name="adamw", optim__lr=3e-3, optim__weight_decay=0.01,
+                                              schedule__epochs=2))
     res = train(cfg, progress=False)
     assert res["mAP"]["total"] > 0.6
     state = torch.load(out / "checkpoint.pt", weights_only=True)["optimizer"]["state"]
     assert "exp_avg_sq" in next(iter(state.values()))  # Adam moments, not SGD momentum buffers
-    sgd = load_config(None, feature_overrides(train_f, test_f, out, epochs=3))
+    sgd = load_config(None, feature_overrides(train_f, test_f, out, schedule__epochs=3))
     with pytest.raises(ValueError, match="optim.name='adamw'"):
         train(sgd, progress=False, resume=True)
     with pytest.raises(ValueError, match="`optim.name` to be one of"):
-        load_config(None, feature_overrides(train_f, test_f, out, optimizer="adam"))
+        load_config(None, feature_overrides(train_f, test_f, out, optim__name="adam"))
 
 
 def test_validation_scores_are_recorded_at_the_selected_threshold(feature_files, tmp_path):
     train_f, test_f = feature_files
     out = tmp_path / "val"
-    cfg = load_config(None, feature_overrides(train_f, test_f, out, val_size=120, threshold_search=[0.3, 0.7, 0.05],
-                                              epochs=2))
+    cfg = load_config(None, feature_overrides(train_f, test_f, out, data__val_size=120, eval__threshold_search=[0.3, 0.7, 0.05],
+                                              schedule__epochs=2))
     res = train(cfg, progress=False)
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["val"]["threshold"] == res["threshold"]
@@ -222,10 +224,10 @@ def test_keep_best_tests_the_best_validated_epoch_and_resumes_it(feature_files, 
     from dbloss.training.engine import evaluate_checkpoint
 
     train_f, test_f = feature_files
-    common = dict(val_size=120, threshold_search=[0.3, 0.7, 0.05], keep_best=True, lr=0.3, warmup_iters=0,
-                  lr_steps=[])
+    common = dict(data__val_size=120, eval__threshold_search=[0.3, 0.7, 0.05], eval__keep_best=True, optim__lr=0.3, schedule__warmup_iters=0,
+                  schedule__lr_steps=[])
     out = tmp_path / "best"
-    res = train(load_config(None, feature_overrides(train_f, test_f, out, epochs=4, **common)), progress=False)
+    res = train(load_config(None, feature_overrides(train_f, test_f, out, schedule__epochs=4, **common)), progress=False)
     vals = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     vals = [r for r in vals if r["type"] == "val"]
     assert [r["epoch"] for r in vals] == [1, 2, 3, 4]
@@ -238,19 +240,19 @@ def test_keep_best_tests_the_best_validated_epoch_and_resumes_it(feature_files, 
     assert again["mAP"]["total"] == pytest.approx(res["mAP"]["total"], abs=1e-12)
     # stopping after epoch 2 and resuming to 4 carries the best-so-far over: same result
     part = tmp_path / "part"
-    train(load_config(None, feature_overrides(train_f, test_f, part, epochs=2, **common)), progress=False)
-    resumed = train(load_config(None, feature_overrides(train_f, test_f, part, epochs=4, **common)), progress=False,
+    train(load_config(None, feature_overrides(train_f, test_f, part, schedule__epochs=2, **common)), progress=False)
+    resumed = train(load_config(None, feature_overrides(train_f, test_f, part, schedule__epochs=4, **common)), progress=False,
                     resume=True)
     assert resumed["best_epoch"] == res["best_epoch"]
     assert resumed["mAP"]["total"] == pytest.approx(res["mAP"]["total"], abs=1e-12)
     with pytest.raises(ValueError, match="`data.val_size` > 0 with `eval.keep_best`"):
-        load_config(None, feature_overrides(train_f, test_f, out, keep_best=True))
+        load_config(None, feature_overrides(train_f, test_f, out, eval__keep_best=True))
 
 
 def test_patience_stops_early_after_epochs_without_improvement(feature_files, tmp_path):
     train_f, test_f = feature_files
     # a constant, large lr: validation micro-F1 peaks early and then wanders
-    common = dict(val_size=120, keep_best=True, lr=0.3, warmup_iters=0, lr_steps=[], epochs=12)
+    common = dict(data__val_size=120, eval__keep_best=True, optim__lr=0.3, schedule__warmup_iters=0, schedule__lr_steps=[], schedule__epochs=12)
     full = tmp_path / "full"
     train(load_config(None, feature_overrides(train_f, test_f, full, **common)), progress=False)
     vals = [r for r in map(json.loads, (full / "log.jsonl").read_text().splitlines()) if r["type"] == "val"]
@@ -265,14 +267,14 @@ def test_patience_stops_early_after_epochs_without_improvement(feature_files, tm
             break
     assert stop is not None and stop < 12  # this data does plateau: the early stop is exercised
     out = tmp_path / "early"
-    res = train(load_config(None, feature_overrides(train_f, test_f, out, patience=2, **common)), progress=False)
+    res = train(load_config(None, feature_overrides(train_f, test_f, out, eval__patience=2, **common)), progress=False)
     logged = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines())]
     epochs_run = [r["epoch"] for r in logged if r["type"] == "epoch"]
     assert epochs_run == list(range(1, stop + 1))
     assert res["best_epoch"] == best_epoch and res["epochs_run"] == stop
     assert [r["epoch"] for r in logged if r["type"] == "early_stop"] == [stop]
     with pytest.raises(ValueError, match="eval.keep_best=true` with `eval.patience`"):
-        load_config(None, feature_overrides(train_f, test_f, out, patience=2))
+        load_config(None, feature_overrides(train_f, test_f, out, eval__patience=2))
 
 
 def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(feature_files, tmp_path, capsys):
@@ -281,7 +283,7 @@ def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(feature
 
     train_f, test_f = feature_files
     out = tmp_path / "run"
-    overrides = feature_overrides(train_f, test_f, out, epochs=1)
+    overrides = feature_overrides(train_f, test_f, out, schedule__epochs=1)
     first = train(load_config(None, overrides), progress=False)
     saved = {f: (out / f).read_bytes() for f in ("metrics.json", "checkpoint.pt", "log.jsonl", "config.yaml")}
     with pytest.raises(UsageError, match=r"already holds a run \(checkpoint.pt, metrics.json\).*--resume.*--overwrite"):
@@ -322,7 +324,7 @@ def test_checkpoints_and_weights_from_elsewhere_are_read_as_data(feature_files, 
 
     train_f, test_f = feature_files
     out = tmp_path / "run"
-    train(load_config(None, feature_overrides(train_f, test_f, out, epochs=1)), progress=False)
+    train(load_config(None, feature_overrides(train_f, test_f, out, schedule__epochs=1)), progress=False)
     good = torch.load(out / "checkpoint.pt", weights_only=True)  # what dbloss writes is plain data
 
     def evil_file(name: str, marker: Path, state: dict) -> Path:
@@ -341,10 +343,10 @@ def test_checkpoints_and_weights_from_elsewhere_are_read_as_data(feature_files, 
     assert "evil.pt: refused to load" in err and "weights_only=True" in err
     with pytest.raises(UsageError, match=r"evil\.pt: refused to load"):
         evaluate_checkpoint(evil, tmp_path / "eval", progress=False)
-    resumed = load_config(None, feature_overrides(train_f, test_f, tmp_path / "resumed", epochs=2))
+    resumed = load_config(None, feature_overrides(train_f, test_f, tmp_path / "resumed", schedule__epochs=2))
     with pytest.raises(UsageError, match=r"evil\.pt: refused to load"):
         train(resumed, progress=False, resume=str(evil))
-    recipe = write_recipe(tmp_path / "resumed.yaml", feature_overrides(train_f, test_f, tmp_path / "resumed", epochs=2))
+    recipe = write_recipe(tmp_path / "resumed.yaml", feature_overrides(train_f, test_f, tmp_path / "resumed", schedule__epochs=2))
     assert main(["train", str(recipe), "--no-progress", "--resume", str(evil)]) == 2
     assert "evil.pt: refused to load" in capsys.readouterr().err
     weights = evil_file("evil.pth", marker, {})
@@ -363,7 +365,7 @@ def test_a_loss_argument_the_loss_does_not_take_is_a_usage_error(feature_files, 
     from dbloss.errors import UsageError
 
     train_f, test_f = feature_files
-    cfg = load_config(None, feature_overrides(train_f, test_f, tmp_path / "run", **{"loss_args": {"lambda_": 1.0}}))
+    cfg = load_config(None, feature_overrides(train_f, test_f, tmp_path / "run", **{"loss__args": {"lambda_": 1.0}}))
     with pytest.raises(UsageError, match=r"loss_args: Loss 'db-focal' got unexpected argument\(s\) \['lambda_'\]"):
         train(cfg, progress=False)
 
@@ -374,8 +376,8 @@ def test_per_class_thresholds_are_chosen_on_validation_reported_and_stored(featu
 
     train_f, test_f = feature_files
     out = tmp_path / "thr"
-    res = train(load_config(None, feature_overrides(train_f, test_f, out, val_size=200, min_val_positives=5,
-                                                    threshold_search=[0.1, 0.9, 0.1])), progress=False)
+    res = train(load_config(None, feature_overrides(train_f, test_f, out, data__val_size=200, eval__min_val_positives=5,
+                                                    eval__threshold_search=[0.1, 0.9, 0.1])), progress=False)
     pc = res["per_class_thresholds"]
     assert len(pc["thresholds"]) == 8 and set(pc["macro_f1_groups"]) == {"head", "medium", "tail"}
     assert any(t != res["threshold"] for t in pc["thresholds"])  # (the fallback rule: tests/test_thresholds.py)
@@ -395,7 +397,7 @@ def test_the_class_aware_epoch_is_as_long_as_the_training_split_unless_the_recip
     iterations = {}
     for epoch_kind in ("data", "paper"):
         out = tmp_path / epoch_kind
-        train(load_config(None, feature_overrides(train_f, test_f, out, epochs=1, sampler_epoch=epoch_kind)),
+        train(load_config(None, feature_overrides(train_f, test_f, out, schedule__epochs=1, sampler__epoch=epoch_kind)),
               progress=False)
         log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
         iterations[epoch_kind] = next(r["iterations"] for r in log if r.get("type") == "epoch")
@@ -442,7 +444,7 @@ def test_a_run_folder_saved_before_the_sections_still_loads_evaluates_predicts_a
 
     train_f, test_f = feature_files
     out = tmp_path / "old"
-    cfg = load_config(None, feature_overrides(train_f, test_f, out, epochs=2))
+    cfg = load_config(None, feature_overrides(train_f, test_f, out, schedule__epochs=2))
     res = train(cfg, progress=False)
     ckpt = load_checkpoint(out / "checkpoint.pt")
     flat = flat_view(cfg)
@@ -453,6 +455,6 @@ def test_a_run_folder_saved_before_the_sections_still_loads_evaluates_predicts_a
     assert again["mAP"] == res["mAP"]
     predictor = Predictor.from_checkpoint(out, device="cpu")
     assert predictor.config == cfg
-    longer = load_config(None, feature_overrides(train_f, test_f, out, epochs=3))
+    longer = load_config(None, feature_overrides(train_f, test_f, out, schedule__epochs=3))
     resumed = train(longer, resume=True, progress=False)
     assert resumed["epochs"] == 3 and load_checkpoint(out / "checkpoint.pt")["epoch"] == 3

@@ -57,26 +57,26 @@ def run(feature_recipe):
 def test_a_run_made_to_diverge_stops_naming_the_learning_rate_and_the_value_to_try(run, feature_recipe, capsys):
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss .* lr=1e\+12 \(sgd\) is the likely cause: "
                                                  r"try optim.lr=1e\+11"):
-        run("diverge", lr=1e12, grad_clip=None, neck_dim=0)
-    assert main(["train", "features/erm", *feature_recipe("diverge_cli", lr=1e12, grad_clip=None, neck_dim=0)]) == 2
+        run("diverge", optim__lr=1e12, optim__grad_clip=None, model__neck_dim=0)
+    assert main(["train", "features/erm", *feature_recipe("diverge_cli", optim__lr=1e12, optim__grad_clip=None, model__neck_dim=0)]) == 2
     assert "try optim.lr=1e+11" in capsys.readouterr().err
 
 
 def test_a_collapsed_model_stops_the_run_or_with_health_warn_is_reported_in_metrics(run, feature_recipe, tmp_path):
     # a rate far too large, unclipped: every ReLU of the hidden layer dies and the head answers its bias
-    collapse = dict(lr=50.0, grad_clip=None, neck_dim=16, epochs=4)
+    collapse = dict(optim__lr=50.0, optim__grad_clip=None, model__neck_dim=16, schedule__epochs=4)
     with pytest.raises(TrainingCollapsedError, match=r"collapsed after epoch \d.*lr=50 \(sgd\) is the likely cause: "
                                                      r"try optim.lr=5,"):
         run("stop", **collapse)
     log = [json.loads(line) for line in (tmp_path / "stop" / "log.jsonl").read_text().splitlines()]
     assert [r["kind"] for r in log if r.get("type") == "health"] == ["collapse"]
-    res = run("warn", health="warn", **collapse)
+    res = run("warn", run__health="warn", **collapse)
     assert len(res["health"]) == 1 and "collapsed after epoch" in res["health"][0]
     assert json.loads((tmp_path / "warn" / "metrics.json").read_text())["health"] == res["health"]
 
 
 def test_a_loss_that_rises_and_a_validation_map_at_chance_are_reported(run):
-    res = run("chance", lr=100.0, grad_clip=None, neck_dim=16, epochs=4, val_size=60)
+    res = run("chance", optim__lr=100.0, optim__grad_clip=None, model__neck_dim=16, schedule__epochs=4, data__val_size=60)
     assert [m.split(" ")[:2] for m in res["health"]] == [["the", "training"], ["validation", "mAP"]]
     assert "it rose; the learning rate lr=100 (sgd) is the likely cause: try optim.lr=10" in res["health"][0]
     assert "at chance level" in res["health"][1]
@@ -84,7 +84,7 @@ def test_a_loss_that_rises_and_a_validation_map_at_chance_are_reported(run):
 
 def test_the_checks_do_not_change_training(run, tmp_path):
     """The collapse probe reads no random state and leaves the model as it was: the same run bit for bit."""
-    checked, unchecked = run("checked", health="stop"), run("unchecked", health="off")
+    checked, unchecked = run("checked", run__health="stop"), run("unchecked", run__health="off")
     assert checked["mAP"] == unchecked["mAP"] and checked["health"] == []
     a = torch.load(tmp_path / "checked" / "checkpoint.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "unchecked" / "checkpoint.pt", weights_only=True)["model"]
@@ -92,7 +92,7 @@ def test_the_checks_do_not_change_training(run, tmp_path):
 
 
 def test_a_healthy_run_reports_nothing(run):
-    assert run("healthy", val_size=60, epochs=3)["health"] == []
+    assert run("healthy", data__val_size=60, schedule__epochs=3)["health"] == []
 
 
 def test_health_is_validated():

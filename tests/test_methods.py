@@ -75,7 +75,7 @@ class Toy(Method):
 def test_a_method_added_in_a_test_file_trains_end_to_end(feature_recipe, monkeypatch, tmp_path):
     monkeypatch.setitem(METHODS, "toy", Toy)
     Toy.calls = {}
-    cfg = load_config(None, [*feature_recipe("toy", epochs=1), "method.name=toy", "method.temperature=4"])
+    cfg = load_config(None, [*feature_recipe("toy", schedule__epochs=1), "method.name=toy", "method.temperature=4"])
     assert cfg.method.options == ToyOptions(4.0)
     res = train(cfg, progress=False)
     assert Toy.calls["wrap"] == 1 and Toy.calls["enter_stage"] == 1 and Toy.calls["step_loss"] > 0

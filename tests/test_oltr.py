@@ -109,7 +109,7 @@ def test_image_model_gets_modulated_attention_sized_for_its_feature_map():
 def test_oltr_two_stages_resume_in_stage2_and_predict(feature_recipe, monkeypatch, train_killed_after):
     """Stage 1 trains the plain model, the boundary forms the centroids from its features, stage 2 trains with the
     memory; a run killed in stage 2 resumes there and ends bit-identical; the checkpoint answers as the run."""
-    over = lambda name: feature_recipe(name, head="oltr", epochs=2, stage2_epochs=2, num_samples_cls=4)  # noqa: E731
+    over = lambda name: feature_recipe(name, method__name="oltr", schedule__epochs=2, method__stage2_epochs=2, sampler__num_samples_cls=4)  # noqa: E731
     cfg = load_config(None, over("full"))
     assert [(s.number, s.cfg.sampler.name) for s in create_method(cfg.method).stages(cfg)] == \
         [(1, "random"), (2, "class-aware")]
@@ -150,7 +150,7 @@ def test_oltr_two_stages_resume_in_stage2_and_predict(feature_recipe, monkeypatc
 
 @pytest.mark.parametrize("loss", LOSS_NAMES)
 def test_oltr_runs_with_every_loss(feature_recipe, loss, torch_path):
-    over = feature_recipe("run", head="oltr", epochs=1, stage2_epochs=1, loss=loss, **torch_path(loss))
+    over = feature_recipe("run", method__name="oltr", schedule__epochs=1, method__stage2_epochs=1, loss__name=loss, **torch_path(loss))
     res = train(load_config(None, over), progress=False)
     assert np.isfinite(res["mAP"]["total"])
 
