@@ -95,7 +95,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (default 1: on a small shared CPU, more threads were slower)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="extra recipe overrides for every row, e.g. epochs=1 (for quick checks)")
+                   help="extra recipe overrides for every row, e.g. schedule.epochs=1 (for quick checks)")
     p.add_argument("--head", choices=tuple(HEADS), default="mlp",
                    help="mlp: the recipes' one-hidden-layer head (default); linear: neck_dim=0")
     p.add_argument("--choice", default=None, metavar="SELECTION_JSON",

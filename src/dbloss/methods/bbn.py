@@ -52,13 +52,14 @@ from torch.utils.data import Dataset, Sampler
 from dbloss.devices import autocast, to_input
 from dbloss.methods.base import Method
 from dbloss.sampling import ClassAwareSampler, ReversedSampler
-from dbloss.models.classifier import FeatureClassifier, FrozenBatchNormModule, MultiLabelClassifier, SmallConvNet, reinitialize
+from dbloss.models.classifier import (FeatureClassifier, FrozenBatchNormModule, MultiLabelClassifier, SmallConvNet,
+                                      reinitialize)
 
 if TYPE_CHECKING:
     from dbloss.config import TrainConfig
 
-__all__ = ["BBN", "BBNOptions", "BBNNetwork", "Branch", "PairedDataset", "PairedSampler", "bbn_loss", "bbn_network", "cumulative_alpha",
-           "split_last_block"]
+__all__ = ["BBN", "BBNNetwork", "BBNOptions", "Branch", "PairedDataset", "PairedSampler", "bbn_loss", "bbn_network",
+           "cumulative_alpha", "split_last_block"]
 
 log = logging.getLogger(__name__)
 

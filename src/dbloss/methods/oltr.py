@@ -68,8 +68,9 @@ from dbloss.models.classifier import FeatureClassifier, FrozenBatchNormModule, M
 if TYPE_CHECKING:
     from dbloss.config import TrainConfig
 
-__all__ = ["OLTR", "OLTROptions", "CosineClassifier", "MetaEmbeddingClassifier", "ModulatedAttention", "OLTRNetwork", "class_centroids",
-           "discriminative_centroid_loss", "enter_memory_stage", "meta_embedding", "oltr_network"]
+__all__ = ["OLTR", "CosineClassifier", "MetaEmbeddingClassifier", "ModulatedAttention", "OLTRNetwork", "OLTROptions",
+           "class_centroids", "discriminative_centroid_loss", "enter_memory_stage", "meta_embedding", "memory_centroids",
+           "oltr_network"]
 
 log = logging.getLogger(__name__)
 

@@ -71,7 +71,8 @@ def _initial_weights(cfg: TrainConfig, data: DataBundle, env: DistEnv, progress:
     if weights == BUILTIN_WEIGHTS and data.input_type == "image":
         if env.is_main:
             with torch.random.fork_rng(devices=[]):  # pretraining here or not: the same initial model
-                weights = resolve_weights(weights, cfg.model.backbone, cfg.data.image_size, cfg.data.root, progress=progress)
+                weights = resolve_weights(weights, cfg.model.backbone, cfg.data.image_size, cfg.data.root,
+                                          progress=progress)
         barrier(env)
         if not env.is_main:  # the other ranks read the cached file that rank 0 made
             weights = resolve_weights(weights, cfg.model.backbone, cfg.data.image_size, cfg.data.root, progress=False)
@@ -110,9 +111,9 @@ def build_network(cfg: TrainConfig, num_classes: int, device: torch.device, *, i
     and :func:`model_from_checkpoint` (predict, export). Defaults: no initial weights, nothing
     frozen (a model that will receive a checkpoint's weights). ``stats``: the training labels'
     statistics (ML-GCN builds its label graph from them)."""
-    model = build_model(num_classes, input_type=input_type, backbone=cfg.model.backbone, weights=weights,  # type: ignore[arg-type]
-                        frozen_stages=frozen_stages, neck_dim=cfg.model.neck_dim, dropout=cfg.model.dropout,
-                        in_features=in_features)
+    model = build_model(num_classes, input_type=input_type,  # type: ignore[arg-type]
+                        backbone=cfg.model.backbone, weights=weights, frozen_stages=frozen_stages,
+                        neck_dim=cfg.model.neck_dim, dropout=cfg.model.dropout, in_features=in_features)
     method = create_method(cfg.method)
     method.set_classifier(model, cfg, stats)
     _init_bias(model, cfg, stats)
@@ -247,8 +248,8 @@ class _TrainState:
     iteration: int = 0
     best: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "micro_f1": -1.0})
     stage: int = 1  # the stage the model is in (2: decoupling's classifier stage, dbloss.methods.decoupling)
-    losses: list[float] = field(default_factory=list)  # this stage's epoch losses (this process's; dbloss.training.health)
-    health: dict[str, str] = field(default_factory=dict)  # what dbloss.training.health found, by kind (each reported once)
+    losses: list[float] = field(default_factory=list)  # this stage's epoch losses (this process's; training.health)
+    health: dict[str, str] = field(default_factory=dict)  # what training.health found, by kind (each reported once)
 
 
 #: Training samples whose scores the collapse check looks at after every epoch.
@@ -405,8 +406,8 @@ def _validate_epoch(model: nn.Module, data: DataBundle, stats: LabelStats, cfg: 
             save_checkpoint(best_path, {"model": model.state_dict(), "epoch": state.epoch, "val": val,
                                         "config": cfg.to_dict(), "label_stats": stats.to_dict()})
     if env.is_main:
-        log.info("epoch %d/%d: validation %s %.4f (best: epoch %d, %.4f)", state.epoch, cfg.schedule.epochs, cfg.eval.monitor,
-                 val[cfg.eval.monitor], state.best["epoch"], state.best[cfg.eval.monitor])
+        log.info("epoch %d/%d: validation %s %.4f (best: epoch %d, %.4f)", state.epoch, cfg.schedule.epochs,
+                 cfg.eval.monitor, val[cfg.eval.monitor], state.best["epoch"], state.best[cfg.eval.monitor])
     return val
 
 
@@ -536,15 +537,16 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, overwrite: bool = Fal
                 break  # resumed after an early stop
             sampler.set_epoch(stage.first_epoch + epoch)
             loader_gen.manual_seed(cfg.run.seed + stage.first_epoch + epoch)  # worker seeds for this epoch
-            state.iteration, summary = train_one_epoch(net, method, loss_fn, optimizer, scaler, loader, scfg, device, env,
-                                                       epoch, state.iteration, runlog, checkpoint=ckpt_path,
+            state.iteration, summary = train_one_epoch(net, method, loss_fn, optimizer, scaler, loader, scfg, device,
+                                                       env, epoch, state.iteration, runlog, checkpoint=ckpt_path,
                                                        show=progress and env.is_main)
             state.epoch = stage.first_epoch + epoch + 1
             state.losses.append(summary["loss"])
             runlog.write(**summary, **({"stage": stage.number} if len(stages) > 1 else {}))
             if env.is_main:
-                log.info("%sepoch %d/%d: loss %.4f (%d iterations, %.1f s)", f"stage {stage.number} " if len(stages) > 1
-                         else "", epoch + 1, scfg.schedule.epochs, summary["loss"], summary["iterations"], summary["seconds"])
+                log.info("%sepoch %d/%d: loss %.4f (%d iterations, %.1f s)",
+                         f"stage {stage.number} " if len(stages) > 1 else "", epoch + 1, scfg.schedule.epochs,
+                         summary["loss"], summary["iterations"], summary["seconds"])
             val = _validate_epoch(model, data, stats, cfg, device, env, state, runlog, best_path) \
                 if cfg.eval.keep_best else None
             _check_health(model, data, scfg, device, env, state, runlog, val)

@@ -89,7 +89,8 @@ def validation_scores(model: nn.Module, data: DataBundle, cfg: TrainConfig, devi
     with warnings.catch_warnings():  # a small hold-out may lack a rare class: its AP is left out (NaN)
         warnings.simplefilter("ignore")
         val_map = float(mean_average_precision(val_scores, val_targets)["total"])
-    per_class = per_class_thresholds(val_scores, val_targets, fallback=threshold, min_positives=cfg.eval.min_val_positives)
+    per_class = per_class_thresholds(val_scores, val_targets, fallback=threshold,
+                                     min_positives=cfg.eval.min_val_positives)
     return {"micro_f1": float(f1["micro_f1"]), "macro_f1": float(f1["macro_f1"]), "mAP": val_map,
             "threshold": threshold, "per_class_thresholds": per_class.tolist()}
 

@@ -25,8 +25,8 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["COLLAPSE_SD", "STALL_EPOCHS", "STRONG_DECAY", "chance_map", "chance_message", "collapse_message", "lr_advice",
-           "non_finite_advice", "stalled_loss_message"]
+__all__ = ["COLLAPSE_SD", "STALL_EPOCHS", "STRONG_DECAY", "chance_map", "chance_message", "collapse_message",
+           "lr_advice", "non_finite_advice", "stalled_loss_message"]
 
 #: Scores (sigmoid outputs) whose largest per-class standard deviation over samples is below this
 #: are one constant: the network answers the same for every input.
@@ -45,15 +45,16 @@ def lr_advice(lr: float, optimizer: str, weight_decay: float = 0.0) -> str:
     weight decay too when it is outside the usual range and shrinks the weights by
     :data:`STRONG_DECAY` or more per step.
 
-    >>> lr_advice(0.5, "sgd")
-    'the learning rate lr=0.5 (sgd) is the likely cause: try optim.lr=0.05, or let `dbloss tune` choose it on a validation split'
+    >>> lr_advice(0.5, "sgd")[:70]
+    'the learning rate lr=0.5 (sgd) is the likely cause: try optim.lr=0.05,'
     >>> lr_advice(0.1, "sgd", weight_decay=30)[:80]
     'the learning rate lr=0.1 (sgd) with weight_decay=30 (each step shrinks the weigh'
     """
     if weight_decay > 1e-3 and lr * weight_decay >= STRONG_DECAY:
         return (f"the learning rate lr={lr:g} ({optimizer}) with weight_decay={weight_decay:g} (each step shrinks the "
                 f"weights by {min(lr * weight_decay, 1):.0%}) is the likely cause: try optim.weight_decay="
-                f"{weight_decay / 100:g} or optim.lr={lr / 10:g}, or let `dbloss tune` choose them on a validation split")
+                f"{weight_decay / 100:g} or optim.lr={lr / 10:g}, or let `dbloss tune` choose them on a validation "
+                f"split")
     return (f"the learning rate lr={lr:g} ({optimizer}) is the likely cause: try optim.lr={lr / 10:g}, or let "
             f"`dbloss tune` choose it on a validation split")
 
@@ -96,8 +97,8 @@ def stalled_loss_message(losses: Sequence[float], *, lr: float, optimizer: str,
     if losses[-1] > first * 1.01:
         return f"{seen}: it rose; {lr_advice(lr, optimizer, weight_decay)}"
     return (f"{seen}: with a step far too large the model stops learning (or collapses), with one far too small it "
-            f"never starts; try optim.lr={lr / 10:g} and optim.lr={lr * 10:g} ({optimizer}), or let `dbloss tune` choose it on "
-            f"a validation split")
+            f"never starts; try optim.lr={lr / 10:g} and optim.lr={lr * 10:g} ({optimizer}), or let `dbloss tune` "
+            f"choose it on a validation split")
 
 
 def chance_map(targets: torch.Tensor) -> float:

@@ -66,7 +66,8 @@ def train_loader(cfg: TrainConfig, method: Method, data: DataBundle, env: DistEn
                   device: torch.device) -> tuple[Any, torch.Generator, DataLoader]:
     """The training sampler (``set_epoch`` it), the loader's generator (seed it) and the loader."""
     if cfg.optim.batch_size % env.world_size:
-        raise UsageError(f"optim.batch_size={cfg.optim.batch_size} must be divisible by the number of ranks ({env.world_size})")
+        raise UsageError(f"optim.batch_size={cfg.optim.batch_size} must be divisible by the number of ranks "
+                         f"({env.world_size})")
     per_rank = cfg.optim.batch_size // env.world_size
     sampler = train_sampler(cfg, data, env)
     dataset = data.train
@@ -81,19 +82,21 @@ def train_loader(cfg: TrainConfig, method: Method, data: DataBundle, env: DistEn
         for message in schedule_warnings(cfg, len(data.train), len(loader), per_epoch * env.world_size):
             log.warning("%s", message)
         log.info("schedule: %d epochs of %d iterations (%d samples), lr %g decayed x%g at epochs %s, %d warm-up "
-                 "iterations%s", cfg.schedule.epochs, len(loader), per_epoch * env.world_size, cfg.optim.lr, cfg.schedule.lr_gamma,
-                 [e + 1 for e in lr_step_epochs(cfg)], cfg.schedule.warmup_iters,
+                 "iterations%s", cfg.schedule.epochs, len(loader), per_epoch * env.world_size, cfg.optim.lr,
+                 cfg.schedule.lr_gamma, [e + 1 for e in lr_step_epochs(cfg)], cfg.schedule.warmup_iters,
                  "; the last sample of each epoch is dropped (a batch of one)" if drop_last else "")
     return sampler, generator, loader
 
 
 def train_sampler(cfg: TrainConfig, data: DataBundle, env: DistEnv) -> Any:
     """The recipe's training sampler (``cfg.sampler.name``), this rank's part of it."""
-    if cfg.sampler.name == "class-aware":  # sampler_epoch "data": an epoch as long as the training split
+    if cfg.sampler.name == "class-aware":  # sampler.epoch "data": an epoch as long as the training split
         length = len(data.train) if cfg.sampler.epoch == "data" else None
-        return ClassAwareSampler(data.train_labels, num_samples_cls=cfg.sampler.num_samples_cls, reduce=cfg.sampler.reduce,
-                                 seed=cfg.run.seed, num_replicas=env.world_size, rank=env.rank, epoch_length=length)
-    return DistributedSampler(data.train, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=cfg.run.seed)
+        return ClassAwareSampler(data.train_labels, num_samples_cls=cfg.sampler.num_samples_cls,
+                                 reduce=cfg.sampler.reduce, seed=cfg.run.seed, num_replicas=env.world_size,
+                                 rank=env.rank, epoch_length=length)
+    return DistributedSampler(data.train, num_replicas=env.world_size, rank=env.rank, shuffle=True,
+                              seed=cfg.run.seed)
 
 
 def progress_batches(loader: DataLoader, show: bool, desc: str) -> Iterator[Any]:

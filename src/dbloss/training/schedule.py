@@ -29,8 +29,8 @@ def lr_step_epochs(cfg: TrainConfig) -> list[int]:
     keeps the schedule's shape.
 
     >>> from dbloss.config import load_config
-    >>> lr_step_epochs(load_config(None, ["schedule.epochs=8"])), lr_step_epochs(load_config(None, ["schedule.epochs=16"]))
-    ([5, 7], [10, 14])
+    >>> [lr_step_epochs(load_config(None, [f"schedule.epochs={n}"])) for n in (8, 16)]
+    [[5, 7], [10, 14]]
     """
     return [int(math.floor(f * cfg.schedule.epochs + 0.5)) for f in cfg.schedule.lr_steps]
 
@@ -41,7 +41,7 @@ def get_lr(cfg: TrainConfig, it: int, epoch: int) -> float:
     ``warmup_iters`` iterations, which rises from ``warmup_ratio`` to 1.
 
     >>> from dbloss.config import load_config
-    >>> cfg = load_config(None, ["optim.lr=0.02", "schedule.warmup_iters=500", "schedule.epochs=8"])  # steps at 5/8, 7/8
+    >>> cfg = load_config(None, ["optim.lr=0.02", "schedule.warmup_iters=500", "schedule.epochs=8"])  # 5/8, 7/8
     >>> round(get_lr(cfg, 0, 0), 5), get_lr(cfg, 600, 1), round(get_lr(cfg, 9000, 7), 6)
     (0.00667, 0.02, 0.0002)
     """
@@ -52,28 +52,29 @@ def get_lr(cfg: TrainConfig, it: int, epoch: int) -> float:
 
 
 def _step_warnings(cfg: TrainConfig, steps: list[int]) -> list[str]:
-    out = []
+    out, epochs = [], cfg.schedule.epochs
     for frac, ep in zip(cfg.schedule.lr_steps, steps):
-        if ep >= cfg.schedule.epochs:
-            out.append(f"lr step at {frac:g} of training falls at epoch {ep + 1} of {cfg.schedule.epochs}: it never happens "
+        if ep >= epochs:
+            out.append(f"lr step at {frac:g} of training falls at epoch {ep + 1} of {epochs}: it never happens "
                        f"(the whole run is at the full rate)")
         elif ep <= 0:
-            out.append(f"lr step at {frac:g} of training falls at epoch 1 of {cfg.schedule.epochs}: the run never trains at "
+            out.append(f"lr step at {frac:g} of training falls at epoch 1 of {epochs}: the run never trains at "
                        f"the full rate")
-    inside = [s for s in steps if 0 < s < cfg.schedule.epochs]
+    inside = [s for s in steps if 0 < s < epochs]
     if len(set(inside)) < len(inside):
-        out.append(f"schedule.lr_steps {cfg.schedule.lr_steps} put two decays in the same epoch with schedule.epochs={cfg.schedule.epochs} ({steps})")
+        out.append(f"schedule.lr_steps {cfg.schedule.lr_steps} put two decays in the same epoch with "
+                   f"schedule.epochs={epochs} ({steps})")
     return out
 
 
 def _warmup_warnings(cfg: TrainConfig, steps: list[int], iters_per_epoch: int) -> list[str]:
-    total = iters_per_epoch * cfg.schedule.epochs
-    if cfg.schedule.warmup_iters and cfg.schedule.warmup_iters >= total:
-        return [f"schedule.warmup_iters={cfg.schedule.warmup_iters} is longer than the run ({total} iterations): the learning rate "
+    warmup, total = cfg.schedule.warmup_iters, iters_per_epoch * cfg.schedule.epochs
+    if warmup and warmup >= total:
+        return [f"schedule.warmup_iters={warmup} is longer than the run ({total} iterations): the learning rate "
                 f"never reaches lr={cfg.optim.lr:g}"]
     first = min((s for s in steps if 0 < s < cfg.schedule.epochs), default=None)
-    if first is not None and cfg.schedule.warmup_iters > first * iters_per_epoch:
-        return [f"schedule.warmup_iters={cfg.schedule.warmup_iters} runs past the first lr step (epoch {first + 1}, iteration "
+    if first is not None and warmup > first * iters_per_epoch:
+        return [f"schedule.warmup_iters={warmup} runs past the first lr step (epoch {first + 1}, iteration "
                 f"{first * iters_per_epoch}): the rate decays before it has reached lr={cfg.optim.lr:g}"]
     return []
 

@@ -118,7 +118,8 @@ def search_space(cfg: TrainConfig, input_type: str) -> list[Param]:
     space = [_span("optim.lr", cfg.optim.lr / 30, cfg.optim.lr * 30, True, cfg.optim.lr),
              _span("optim.weight_decay", 1e-6, 1e-2, True, max(cfg.optim.weight_decay, 1e-6))]
     if input_type == "features" and create_method(cfg.method).network_name == "plain":  # a linear classifier
-        space.append(Param("model.neck_dim", choices=(0, MLP_WIDTH), initial=0 if cfg.model.neck_dim == 0 else MLP_WIDTH))
+        initial = 0 if cfg.model.neck_dim == 0 else MLP_WIDTH
+        space.append(Param("model.neck_dim", choices=(0, MLP_WIDTH), initial=initial))
     for name in DB_TERMS.get(cfg.loss.name, ()):
         low, high, log_scale = _TERM_RANGES[name]
         space.append(_span(f"loss.args.{name}", low, high, log_scale, _loss_term(cfg, name)))
