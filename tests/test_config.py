@@ -300,6 +300,7 @@ def test_unknown_keys_name_the_section_and_the_closest_keys():
 def test_a_method_s_options_are_checked_in_its_section_and_reset_when_it_changes():
     cfg = load_config(None, ["method.name=ml-gcn", "method.hidden=16", "method.name=bbn"])
     assert cfg.method.name == "bbn" and cfg.method.options.sampler == "reversed"  # ml-gcn's options went with it
+    assert load_config(None, ["method=bbn"]) == cfg  # a method's name alone: its defaults
     with pytest.raises(ValueError, match="method.hidden` >= 1"):
         load_config(None, ["method.name=ml-gcn", "method.hidden=0"])
     with pytest.raises(ValueError, match="method.stage2_epochs` = 0 with method.mode='tau-norm'"):

@@ -418,6 +418,8 @@ class _Raw:
         top = parts[0]
         if top in SECTIONS and not (len(parts) == 1 and top in FLAT_KEYS and not isinstance(value, dict)):
             if len(parts) == 1:
+                if top == "method" and isinstance(value, str):  # `method: bbn`, the method with its defaults
+                    value = {"name": value}
                 if not isinstance(value, dict):
                     raise ValueError(f"{source}: expected section `{top}` to be a mapping of its keys "
                                      f"({', '.join(_section_keys(top))}, ...), but got {value!r}")
