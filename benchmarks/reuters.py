@@ -131,7 +131,7 @@ def _config(row: str, seed: int, args: argparse.Namespace):
     out = Path(args.out) / prefix / row / f"seed{seed}"
     return load_config(recipe_dir() / "reuters" / f"{row}.yaml",
                        [*head_overrides(args.head), *chosen, *args.set, f"run.seed={seed}", f"run.out_dir={out}"],
-                       data_root=args.data_root)
+                       data={"root": args.data_root})
 
 
 def _reusable(cfg: Any) -> dict[str, Any] | None:
