@@ -277,6 +277,8 @@ def test_flat_recipes_and_overrides_are_converted_with_a_note(tmp_path, caplog):
         (3, 0.1, "bce", {"mu": 0.3}, "random")
     assert (cfg.method.name, cfg.method.options.sampler, cfg.eval.batch_size, cfg.optim.weight_decay) == \
         ("bbn", "class-aware", 9, 0.5)
+    mixed = load_config(None, ["gcn_hidden=16", "head=ml-gcn", "method.tau=0.3"])  # flat keys first, then a section's
+    assert (mixed.method.name, mixed.method.options.hidden, mixed.method.options.tau) == ("ml-gcn", 16, 0.3)
     notes = " ".join(r.getMessage() for r in caplog.records)
     assert "old.yaml: flat configuration keys converted to sections" in notes and "lr -> optim.lr" in notes
     assert "override: flat configuration keys converted" in notes and "weight_decay -> optim.weight_decay" in notes

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-import dbloss.training.engine as engine
 from dbloss.config import load_config
 from dbloss.training.engine import model_from_checkpoint, train
 from dbloss.apps.export import export_model

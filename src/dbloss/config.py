@@ -634,10 +634,9 @@ def from_dict(sections: dict[str, dict[str, Any]], *, validate: bool = True) -> 
     built: dict[str, Any] = {}
     for section, cls in SECTIONS.items():
         values = dict(sections.get(section) or {})
-        if section == "method":
-            name = values.get("name", "plain")
-            options = _build_options(name, values, "method") if validate or name in METHODS else None
-            built[section] = MethodConfig(name, options)
+        if section == "method":  # its options as a mapping, built (and checked) by validate()
+            name = values.pop("name", "plain")
+            built[section] = MethodConfig(name, values if validate else _build_options(name, values, "method"))
         else:
             built[section] = cls(**values)
     cfg = TrainConfig(**built)

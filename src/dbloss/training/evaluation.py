@@ -138,7 +138,8 @@ def sampling_label(cfg: TrainConfig) -> str:
 
 
 def test_model(model: nn.Module, data: DataBundle, stats: LabelStats, cfg: TrainConfig, device: torch.device,
-          env: DistEnv, val: dict[str, float] | None = None) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
+               env: DistEnv, val: dict[str, float] | None = None
+               ) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
     """Test the model at the validation-chosen threshold: ``(record, scores, targets)``; ``val`` is
     its :func:`validation_scores` when already computed (keep_best)."""
     if val is None and data.val is not None:

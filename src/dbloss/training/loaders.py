@@ -16,6 +16,7 @@ from dbloss.config import TrainConfig
 from dbloss.data.features import collate_features
 from dbloss.data.pipeline import DataBundle
 from dbloss.devices import autocast, to_input
+from dbloss.devices import resolve_device as device_for_rank
 from dbloss.distributed import DistEnv
 from dbloss.errors import UsageError
 from dbloss.methods import Method
@@ -30,9 +31,7 @@ log = logging.getLogger("dbloss.training.engine")  # the run's log, as the loop'
 
 def resolve_device(device: str, env: DistEnv) -> torch.device:
     """``run.device`` for this rank (``"auto"``: its CUDA device when there is one, else the CPU)."""
-    from dbloss.devices import resolve_device as _resolve
-
-    return _resolve(device, env.local_rank)
+    return device_for_rank(device, env.local_rank)
 
 
 def num_workers(cfg: TrainConfig, device: torch.device) -> int:
@@ -52,7 +51,7 @@ def run_inputs(x: torch.Tensor, cfg: TrainConfig, device: torch.device) -> torch
 
 
 def make_loader(ds: Any, batch_size: int, sampler: Any, cfg: TrainConfig, device: torch.device,
-            generator: torch.Generator | None = None, drop_last: bool = False) -> DataLoader:
+                generator: torch.Generator | None = None, drop_last: bool = False) -> DataLoader:
     workers = num_workers(cfg, device)
     pin = cfg.data.pin_memory if cfg.data.pin_memory is not None else device.type == "cuda"
     # collate_features: a feature dataset's batch as fetched in one go (FeatureDataset.__getitems__), without
