@@ -232,7 +232,7 @@ class TrainConfig:
                 _coerce_section(section, getattr(self, section))
         self.method.options = _build_options(self.method.name, _options_dict(self.method.options), "method")
         _check_ranges(self)
-        METHODS[self.method.name].check(self)
+        METHODS[self.method.name](self.method.options).check(self)
         return self
 
     def replace(self, **sections: dict[str, Any]) -> "TrainConfig":

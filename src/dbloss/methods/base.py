@@ -88,9 +88,12 @@ class Method:
         self.options = self.Options() if options is None else options
 
     # configuration ----------------------------------------------------------------------------
-    @classmethod
-    def check(cls, cfg: "TrainConfig") -> None:
-        """Raise ``ValueError`` naming the keys when the rest of ``cfg`` does not suit the method."""
+    def check(self, cfg: "TrainConfig") -> None:
+        """Raise ``ValueError`` naming the keys when the rest of ``cfg`` does not suit the method. By
+        default: ``eval.keep_best`` with more than one stage (the best epoch is chosen within one stage)."""
+        if cfg.eval.keep_best and len(self.stages(cfg)) > 1:
+            raise ValueError(f"Expected eval.keep_best=false with method {self.name!r} (the best epoch is chosen "
+                             f"within one stage; not supported across two), but got keep_best=true")
 
     @property
     def network_name(self) -> str:

@@ -194,12 +194,6 @@ class Decoupling(Method):
         inner = self.options.classifier
         self.classifier = CLASSIFIERS[classifier_name(inner)](getattr(inner, "options", None))
 
-    @classmethod
-    def check(cls, cfg: "TrainConfig") -> None:
-        if cfg.eval.keep_best:
-            raise ValueError("Expected eval.keep_best=false with method 'decoupling' (the best epoch is chosen "
-                             "within one stage; not supported across two), but got keep_best=true")
-
     @property
     def network_name(self) -> str:
         return self.classifier.network_name

@@ -393,12 +393,6 @@ class OLTR(Method):
     name = "oltr"
     Options = OLTROptions
 
-    @classmethod
-    def check(cls, cfg: "TrainConfig") -> None:
-        if cfg.eval.keep_best:
-            raise ValueError("Expected eval.keep_best=false with method 'oltr' (the best epoch is chosen within one "
-                             "stage; not supported across two), but got keep_best=true")
-
     def wrap(self, model: nn.Module, cfg: "TrainConfig") -> nn.Module:
         return oltr_network(model, attention=self.options.attention, image_size=cfg.data.image_size)
 
